@@ -1,0 +1,5 @@
+"""SO(2) side of eSCN: convolutions on edge-frame coefficients (m-major layout)."""
+
+from escn_plugin.so2.so2_conv import SO2Convolution, complex_combine, so2_linear
+
+__all__ = ["SO2Convolution", "complex_combine", "so2_linear"]

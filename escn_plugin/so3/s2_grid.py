@@ -1,0 +1,61 @@
+"""S2 grids: coefficients <-> values on a (beta, alpha) grid, as precomputed matrices.
+
+Grid and normalisation are e3nn's ``ToS2Grid`` / ``FromS2Grid`` with
+``normalization="integral"`` (the reference eSCN's choice), so grid values and round
+trips match it exactly. For a single-resolution coefficient vector x [K] (l-major):
+
+    f(g)  = sum_k to_grid[g, k]   x[k]        (G = res_beta * res_alpha grid points)
+    x'[k] = sum_g from_grid[g, k] f(g)        (quadrature; x' = x for band-limited f)
+
+Default resolution, as in the reference: res_beta = 2 (lmax + 1) and
+res_alpha = 2 mmax + 1 (2 (mmax + 1) + 1 when mmax = lmax); ``resolution`` overrides it,
+either one int for both or a (res_beta, res_alpha) pair. A finer grid makes the point-wise
+non-linearities closer to exactly equivariant.
+
+The matrices are built once per (lmax, res) in float64 and cached; models register the
+column subsets they need as buffers.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from e3nn.o3 import FromS2Grid, ToS2Grid
+
+__all__ = ["grid_resolution", "s2_grid_matrices"]
+
+
+def grid_resolution(
+    lmax: int, mmax: int, resolution: int | tuple[int, int] | list[int] | None = None
+) -> tuple[int, int]:
+    """(res_beta, res_alpha) of the grid used for degree ``lmax`` and order ``mmax``."""
+    if resolution is not None:
+        if isinstance(resolution, int):
+            res = (resolution, resolution)
+        else:
+            res = tuple(int(r) for r in resolution)
+            if len(res) != 2:
+                raise ValueError(
+                    f"resolution must be an int or a [res_beta, res_alpha] pair, got {resolution}"
+                )
+        if min(res) < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        return res  # type: ignore[return-value]
+    res_alpha = 2 * (mmax + 1) + 1 if lmax == mmax else 2 * mmax + 1
+    return 2 * (lmax + 1), res_alpha
+
+
+@lru_cache(maxsize=None)
+def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``to_grid [G, K]`` and ``from_grid [G, K]`` (float64), K = (lmax+1)^2, G = beta*alpha.
+
+    Point g = b * res_alpha + a (beta-major, as e3nn's grids).
+    """
+    res = (res_beta, res_alpha)
+    to_s2 = ToS2Grid(lmax, res, normalization="integral", dtype=torch.float64)
+    from_s2 = FromS2Grid(res, lmax, normalization="integral", dtype=torch.float64)
+    to_grid = torch.einsum("mbi,am->bai", to_s2.shb, to_s2.sha)  # [b, a, K]
+    from_grid = torch.einsum("am,mbi->bai", from_s2.sha, from_s2.shb)  # [b, a, K]
+    num_coeff = (lmax + 1) ** 2
+    return to_grid.reshape(-1, num_coeff), from_grid.reshape(-1, num_coeff)
