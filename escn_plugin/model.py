@@ -1,0 +1,285 @@
+"""eSCN for fairchem-core 1.10: backbone, heads and the plain energy+forces model.
+
+From an atom batch to energies and forces, top to bottom (shapes: N atoms, E edges,
+K = sum_i (lmax_i+1)^2 coefficients, K_M edge-frame coefficients, C = sphere_channels,
+R resolutions, P sphere points, B systems)::
+
+    graph      = generate_graph(data)                      # radius graph with PBC
+    W          = rotation(edge_distance_vec)               # [E, K_M, K] Wigner-D rows
+    basis      = distance_expansion(edge_distance)         # [E, num_basis]
+    x          = atom_embedding(Z) on l = 0, zero else     # [N, K, C]
+    for layer i:  x = layer(x) if i == 0 else x + layer(x) # messages + grid node update
+    values     = x at P sphere points                      # [N, P, R*C]
+    energy     = 0.001 * sum_atoms mean_p MLP(values)      # [B]
+    forces     = mean_p MLP(values) * p                    # [N, 3] (direct)
+
+Constructor arguments are the reference eSCN's (same names, meanings and defaults), so a
+reference config works by changing only ``name``. Additions, all optional:
+
+* ``rotation_backend`` ("polynomial"): how Wigner-D matrices are built (see
+  :mod:`escn_plugin.so3.rotation`);
+* ``so2_impl`` ("escn"): the SO(2) convolution implementation;
+* ``resolution``: as the reference (one int for both grid axes), or a [res_beta, res_alpha]
+  pair; finer grids make the point-wise non-linearities closer to exactly equivariant;
+* ``random_roll`` (False): draw a random roll of each edge frame per forward pass in
+  training, as the reference always does; off by default so outputs are reproducible;
+* ``validate_inputs`` (True): clear errors for bad atomic numbers, positions, overlaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from fairchem.core.models.base import BackboneInterface, GraphModelMixin, HeadInterface
+from fairchem.core.models.scn.sampling import CalcSpherePoints
+from fairchem.core.models.scn.smearing import (
+    GaussianSmearing,
+    LinearSigmoidSmearing,
+    SigmoidSmearing,
+    SiLUSmearing,
+)
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from escn_plugin.backends import ROTATION_BACKENDS
+from escn_plugin.input_checks import check_atoms, check_edges
+from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
+from escn_plugin.so3.layout import CoefficientLayout
+from escn_plugin.so3.projections import sphere_points_sampler
+from escn_plugin.so3.wigner import MAX_LMAX
+
+__all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyHead", "eSCNForceHead"]
+
+DISTANCE_FUNCTIONS = {
+    "gaussian": GaussianSmearing,
+    "sigmoid": SigmoidSmearing,
+    "linearsigmoid": LinearSigmoidSmearing,
+    "silu": SiLUSmearing,
+}
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _sphere_points(num_points: int) -> torch.Tensor:
+    """fairchem's density-weighted Fibonacci points ``[P, 3]``, computed in float64."""
+    with _default_dtype(torch.float64):
+        return CalcSpherePoints(num_points)
+
+
+class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
+    """eSCN backbone: node embeddings and their values on sphere points.
+
+    Returns ``{"sphere_values": [N, P, R*C], "sphere_points": [P, 3],
+    "node_embedding": [N, K, C], "graph": GraphData}``.
+    """
+
+    def __init__(
+        self,
+        use_pbc: bool = True,
+        use_pbc_single: bool = False,
+        regress_forces: bool = True,
+        otf_graph: bool = False,
+        max_neighbors: int = 40,
+        cutoff: float = 8.0,
+        max_num_elements: int = 90,
+        num_layers: int = 8,
+        lmax_list: list[int] | None = None,
+        mmax_list: list[int] | None = None,
+        sphere_channels: int = 128,
+        hidden_channels: int = 256,
+        edge_channels: int = 128,
+        num_sphere_samples: int = 128,
+        distance_function: str = "gaussian",
+        basis_width_scalar: float = 1.0,
+        distance_resolution: float = 0.02,
+        show_timing_info: bool = False,
+        resolution: int | list[int] | None = None,
+        activation_checkpoint: bool | None = False,
+        rotation_backend: str = "polynomial",
+        so2_impl: str = "escn",
+        random_roll: bool = False,
+        validate_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        lmax_list = [6] if lmax_list is None else list(lmax_list)
+        mmax_list = [2] if mmax_list is None else list(mmax_list)
+        if max(lmax_list, default=0) > MAX_LMAX:
+            raise ValueError(f"lmax_list {lmax_list}: lmax above {MAX_LMAX} is not supported")
+        if distance_function not in DISTANCE_FUNCTIONS:
+            raise ValueError(
+                f"unknown distance_function '{distance_function}'; choose one of "
+                f"{', '.join(DISTANCE_FUNCTIONS)}"
+            )
+        for name, value in (
+            ("num_layers", num_layers),
+            ("sphere_channels", sphere_channels),
+            ("hidden_channels", hidden_channels),
+            ("edge_channels", edge_channels),
+            ("num_sphere_samples", num_sphere_samples),
+            ("max_neighbors", max_neighbors),
+            ("max_num_elements", max_num_elements),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if not cutoff > 0 or not distance_resolution > 0:
+            raise ValueError(
+                f"cutoff ({cutoff}) and distance_resolution ({distance_resolution}) must be > 0"
+            )
+        if show_timing_info:
+            logging.info("eSCN: show_timing_info is accepted for compatibility and ignored")
+
+        # read by fairchem's GraphModelMixin.generate_graph and trainers
+        self.use_pbc = use_pbc
+        self.use_pbc_single = use_pbc_single
+        self.regress_forces = regress_forces
+        self.direct_forces = True  # forces come from a head, not from -dE/dx
+        self.otf_graph = otf_graph
+        self.max_neighbors = max_neighbors
+        self.cutoff = cutoff
+
+        self.max_num_elements = max_num_elements
+        self.num_layers = num_layers
+        self.lmax_list, self.mmax_list = lmax_list, mmax_list
+        self.sphere_channels = sphere_channels
+        self.num_resolutions = len(lmax_list)
+        self.sphere_channels_all = self.num_resolutions * sphere_channels
+        self.hidden_channels = hidden_channels
+        self.edge_channels = edge_channels
+        self.num_sphere_samples = num_sphere_samples
+        self.activation_checkpoint = bool(activation_checkpoint)
+        self.random_roll = random_roll
+        self.validate_inputs = validate_inputs
+
+        self.layout = CoefficientLayout(lmax_list, mmax_list)
+        self.rotation = ROTATION_BACKENDS.build(rotation_backend, self.layout)
+        self.atom_embedding = nn.Embedding(max_num_elements, self.sphere_channels_all)
+        self.distance_expansion = DISTANCE_FUNCTIONS[distance_function](
+            0.0, cutoff, int(cutoff / distance_resolution), basis_width_scalar
+        )
+        self.layers = nn.ModuleList(
+            InteractionLayer(
+                MessageBlock(
+                    self.layout,
+                    sphere_channels,
+                    hidden_channels,
+                    edge_channels,
+                    self.distance_expansion.num_output,
+                    max_num_elements,
+                    so2_impl,
+                    resolution,
+                ),
+                NodeUpdate(self.layout, sphere_channels, resolution),
+            )
+            for _ in range(num_layers)
+        )
+        points = _sphere_points(num_sphere_samples)
+        self.register_buffer("sphere_points", points, persistent=False)  # [P, 3]
+        self.sphere_sampler = sphere_points_sampler(self.layout, points)
+        # l = 0 coefficient of each resolution, in the full layout
+        l0 = [self.layout.res_slice(i).start for i in range(self.num_resolutions)]
+        self.register_buffer("l0_index", torch.tensor(l0), persistent=False)
+
+    def embed_atoms(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """``[N] -> [N, K, C]``: element embedding on each resolution's l = 0, zero else."""
+        num_atoms = atomic_numbers.shape[0]
+        emb = self.atom_embedding(atomic_numbers).view(num_atoms, self.num_resolutions, -1)
+        x = emb.new_zeros(num_atoms, self.layout.num_full, self.sphere_channels)
+        return x.index_copy(1, self.l0_index, emb)
+
+    def edge_rolls(self, num_edges: int, like: torch.Tensor) -> torch.Tensor | None:
+        if self.random_roll and self.training:
+            return torch.rand(num_edges, dtype=like.dtype, device=like.device) * 2 * torch.pi
+        return None
+
+    def forward(self, data) -> dict:
+        atomic_numbers = data.atomic_numbers.long()
+        if self.validate_inputs:
+            check_atoms(data, self.max_num_elements)
+        graph = self.generate_graph(data)
+        if self.validate_inputs:
+            check_edges(data, graph.edge_index, graph.edge_distance)
+
+        vec = graph.edge_distance_vec
+        wigner = self.rotation(vec, self.edge_rolls(vec.shape[0], vec))  # [E, K_M, K]
+        basis = self.distance_expansion(graph.edge_distance)  # [E, num_basis]
+        x = self.embed_atoms(atomic_numbers)  # [N, K, C]
+        wigner = wigner.to(x.dtype)
+        basis = basis.to(x.dtype)
+
+        for i, layer in enumerate(self.layers):
+            args = (x, basis, atomic_numbers, graph.edge_index, wigner)
+            if self.activation_checkpoint and torch.is_grad_enabled():
+                update = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                update = layer(*args)
+            x = update if i == 0 else x + update
+
+        return {
+            "sphere_values": self.sphere_sampler(x),  # [N, P, R*C]
+            "sphere_points": self.sphere_points,
+            "node_embedding": x,
+            "graph": graph,
+        }
+
+
+def _sum_per_system(per_atom: torch.Tensor, batch: torch.Tensor, num_systems: int) -> torch.Tensor:
+    """Sum ``[N]`` into ``[B]``; accumulates in float32 at least (safe under AMP)."""
+    dtype = torch.promote_types(per_atom.dtype, torch.float32)
+    out = torch.zeros(num_systems, dtype=dtype, device=per_atom.device)
+    return out.index_add(0, batch, per_atom.to(dtype))
+
+
+class eSCNEnergyHead(nn.Module, HeadInterface):
+    """System energy: ``0.001 * sum over atoms`` (reduce="sum", the reference's scaling) or
+    the per-atom mean (reduce="mean")."""
+
+    def __init__(self, backbone: eSCNBackbone, reduce: str = "sum") -> None:
+        super().__init__()
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got '{reduce}'")
+        self.reduce = reduce
+        self.readout = EnergyReadout(backbone.sphere_channels_all)
+
+    def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
+        per_atom = self.readout(emb["sphere_values"])  # [N]
+        energy = _sum_per_system(per_atom, data.batch, len(data.natoms))
+        if self.reduce == "sum":
+            return {"energy": energy * 0.001}
+        return {"energy": energy / data.natoms.to(energy.dtype)}
+
+
+class eSCNForceHead(nn.Module, HeadInterface):
+    """Direct per-atom forces ``[N, 3]`` from the sphere values."""
+
+    def __init__(self, backbone: eSCNBackbone) -> None:
+        super().__init__()
+        self.readout = ForceReadout(backbone.sphere_channels_all)
+
+    def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
+        return {"forces": self.readout(emb["sphere_values"], emb["sphere_points"])}
+
+
+class eSCN(eSCNBackbone):
+    """The plain eSCN model: ``forward(batch) -> {"energy": [B], "forces": [N, 3]}``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.energy_head = eSCNEnergyHead(self)
+        self.force_head = eSCNForceHead(self) if self.regress_forces else None
+
+    def forward(self, data) -> dict[str, torch.Tensor]:
+        emb = super().forward(data)
+        outputs = self.energy_head(data, emb)
+        if self.force_head is not None:
+            outputs.update(self.force_head(data, emb))
+        return outputs

@@ -1,0 +1,31 @@
+"""One eSCN interaction layer: message block, then the grid node update."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from escn_plugin.nn.message import MessageBlock
+from escn_plugin.nn.node_update import NodeUpdate
+
+__all__ = ["InteractionLayer"]
+
+
+class InteractionLayer(nn.Module):
+    """``x [N, K, C] -> update [N, K, C]`` (the model adds the residual)."""
+
+    def __init__(self, message: MessageBlock, node_update: NodeUpdate) -> None:
+        super().__init__()
+        self.message = message
+        self.node_update = node_update
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        basis: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        wigner: torch.Tensor,
+    ) -> torch.Tensor:
+        message = self.message(x, basis, atomic_numbers, edge_index, wigner)
+        return self.node_update(x, message)
