@@ -18,7 +18,7 @@ column subsets they need as buffers.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 from e3nn.o3 import FromS2Grid, ToS2Grid
@@ -46,7 +46,7 @@ def grid_resolution(
     return 2 * (lmax + 1), res_alpha
 
 
-@lru_cache(maxsize=None)
+@cache
 def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``to_grid [G, K]`` and ``from_grid [G, K]`` (float64), K = (lmax+1)^2, G = beta*alpha.
 

@@ -25,7 +25,7 @@ example the m-major, |m| <= mmax rows that rotate an embedding into the edge fra
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 from e3nn import o3
@@ -51,7 +51,7 @@ def _sampling_points(lmax: int) -> torch.Tensor:
     return fibonacci_sphere(4 * lmax + 4)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _right_inverses(lmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Points P [N, 3] and the stacked right inverses B [N, K] (block l holds A_l^+)."""
     points = _sampling_points(lmax)
@@ -101,7 +101,7 @@ class WignerD(torch.nn.Module):
         return out * self.mask.to(dtype)  # [..., R, K]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _wigner_module(lmax: int) -> WignerD:
     return WignerD(lmax)
 
