@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_atoms", "check_edges"]
+__all__ = ["check_atoms", "check_edges", "check_overlaps"]
 
 MIN_DISTANCE = 1e-4  # Angstrom
 
@@ -55,3 +55,31 @@ def check_edges(data, edge_index: torch.Tensor, edge_distance: torch.Tensor) -> 
             f"{float(edge_distance[e]):.2e} A apart (< {MIN_DISTANCE} A): overlapping atoms "
             "or periodic images; check the structure and its cell"
         )
+
+
+def check_overlaps(data, use_pbc: bool) -> None:
+    """No two atoms of a system closer than ``MIN_DISTANCE``, periodic images included.
+
+    Needed besides :func:`check_edges` because fairchem's on-the-fly PBC graph silently
+    drops pairs closer than 0.01 A. Minimum image in fractional coordinates, one system at
+    a time (O(n^2) per system: cheap next to the model).
+    """
+    pos = data.pos.detach()
+    counts = data.natoms.tolist() if hasattr(data, "natoms") else [pos.shape[0]]
+    start = 0
+    for system, n in enumerate(counts):
+        p = pos[start : start + n].double()
+        diff = p[:, None, :] - p[None, :, :]  # [n, n, 3]
+        if use_pbc and getattr(data, "cell", None) is not None:
+            cell = data.cell[system].detach().double()  # rows are lattice vectors
+            frac = torch.linalg.solve(cell.T, diff.reshape(-1, 3).T).T
+            diff = (frac - torch.round(frac)) @ cell
+        dist = diff.reshape(n, n, 3).norm(dim=-1) + torch.eye(n, dtype=p.dtype) * 1e9
+        if n > 1 and dist.min() < MIN_DISTANCE:
+            i, j = divmod(int(dist.argmin()), n)
+            raise ValueError(
+                f"atoms {start + i} and {start + j} (system {system}) are {float(dist.min()):.2e} A "
+                f"apart (< {MIN_DISTANCE} A, periodic images included): overlapping atoms; "
+                "check the structure and its cell"
+            )
+        start += n

@@ -10,8 +10,8 @@ R resolutions, P sphere points, B systems)::
     x          = atom_embedding(Z) on l = 0, zero else     # [N, K, C]
     for layer i:  x = layer(x) if i == 0 else x + layer(x) # messages + grid node update
     values     = x at P sphere points                      # [N, P, R*C]
-    energy     = 0.001 * sum_atoms mean_p MLP(values)      # [B]
-    forces     = mean_p MLP(values) * p                    # [N, 3] (direct)
+    energy     = 0.001 * sum_atoms sum_p w_p MLP(values)   # [B]  (w_p = 1/P by default)
+    forces     = sum_p w_p MLP(values) p                   # [N, 3] (direct)
 
 Constructor arguments are the reference eSCN's (same names, meanings and defaults), so a
 reference config works by changing only ``name``. Additions, all optional:
@@ -21,6 +21,10 @@ reference config works by changing only ``name``. Additions, all optional:
 * ``so2_impl`` ("escn"): the SO(2) convolution implementation;
 * ``resolution``: as the reference (one int for both grid axes), or a [res_beta, res_alpha]
   pair; finer grids make the point-wise non-linearities closer to exactly equivariant;
+* ``readout_grid`` (None): sample the output heads on an e3nn S2 grid ([res_beta,
+  res_alpha]) with quadrature weights instead of the reference's ``num_sphere_samples``
+  Fibonacci points; the force head is then equivariant to quadrature accuracy (the
+  Fibonacci readout limits force equivariance to ~1e-1..1e-4 depending on P);
 * ``random_roll`` (False): draw a random roll of each edge frame per forward pass in
   training, as the reference always does; off by default so outputs are reproducible;
 * ``validate_inputs`` (True): clear errors for bad atomic numbers, positions, overlaps.
@@ -28,10 +32,10 @@ reference config works by changing only ``name``. Additions, all optional:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
+from e3nn.o3 import ToS2Grid
 from fairchem.core.models.base import BackboneInterface, GraphModelMixin, HeadInterface
 from fairchem.core.models.scn.sampling import CalcSpherePoints
 from fairchem.core.models.scn.smearing import (
@@ -44,10 +48,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.backends import ROTATION_BACKENDS
-from escn_plugin.input_checks import check_atoms, check_edges
+from escn_plugin.input_checks import check_atoms, check_edges, check_overlaps
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
 from escn_plugin.so3.layout import CoefficientLayout
 from escn_plugin.so3.projections import sphere_points_sampler
+from escn_plugin.so3.s2_grid import float64_default, grid_resolution, s2_grid_matrices
 from escn_plugin.so3.wigner import MAX_LMAX
 
 __all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyHead", "eSCNForceHead"]
@@ -60,26 +65,30 @@ DISTANCE_FUNCTIONS = {
 }
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+def readout_points(
+    num_sphere_samples: int, readout_grid: int | list[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points ``[P, 3]`` and quadrature weights ``[P]`` (sum 1) for the output heads.
 
-
-def _sphere_points(num_points: int) -> torch.Tensor:
-    """fairchem's density-weighted Fibonacci points ``[P, 3]``, computed in float64."""
-    with _default_dtype(torch.float64):
-        return CalcSpherePoints(num_points)
+    Default: fairchem's density-weighted Fibonacci points with equal weights (the
+    reference). With ``readout_grid``: e3nn's S2 grid and its quadrature weights.
+    """
+    if readout_grid is None:
+        with float64_default():
+            points = CalcSpherePoints(num_sphere_samples)
+        return points, torch.full((num_sphere_samples,), 1.0 / num_sphere_samples)
+    res_beta, res_alpha = grid_resolution(0, 0, readout_grid)
+    with float64_default():
+        points = ToS2Grid(0, (res_beta, res_alpha), dtype=torch.float64).grid.reshape(-1, 3)
+    _, from_grid = s2_grid_matrices(0, res_beta, res_alpha)
+    weights = from_grid[:, 0]
+    return points, weights / weights.sum()
 
 
 class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
     """eSCN backbone: node embeddings and their values on sphere points.
 
-    Returns ``{"sphere_values": [N, P, R*C], "sphere_points": [P, 3],
+    Returns ``{"sphere_values": [N, P, R*C], "sphere_points": [P, 3], "sphere_weights": [P],
     "node_embedding": [N, K, C], "graph": GraphData}``.
     """
 
@@ -109,6 +118,7 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         so2_impl: str = "escn",
         random_roll: bool = False,
         validate_inputs: bool = True,
+        readout_grid: int | list[int] | None = None,
     ) -> None:
         super().__init__()
         lmax_list = [6] if lmax_list is None else list(lmax_list)
@@ -182,8 +192,10 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
             )
             for _ in range(num_layers)
         )
-        points = _sphere_points(num_sphere_samples)
+        points, weights = readout_points(num_sphere_samples, readout_grid)
+        self.num_sphere_samples = points.shape[0]
         self.register_buffer("sphere_points", points, persistent=False)  # [P, 3]
+        self.register_buffer("sphere_weights", weights, persistent=False)  # [P]
         self.sphere_sampler = sphere_points_sampler(self.layout, points)
         # l = 0 coefficient of each resolution, in the full layout
         l0 = [self.layout.res_slice(i).start for i in range(self.num_resolutions)]
@@ -205,6 +217,7 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         atomic_numbers = data.atomic_numbers.long()
         if self.validate_inputs:
             check_atoms(data, self.max_num_elements)
+            check_overlaps(data, self.use_pbc)
         graph = self.generate_graph(data)
         if self.validate_inputs:
             check_edges(data, graph.edge_index, graph.edge_distance)
@@ -227,6 +240,7 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         return {
             "sphere_values": self.sphere_sampler(x),  # [N, P, R*C]
             "sphere_points": self.sphere_points,
+            "sphere_weights": self.sphere_weights,
             "node_embedding": x,
             "graph": graph,
         }
@@ -251,7 +265,7 @@ class eSCNEnergyHead(nn.Module, HeadInterface):
         self.readout = EnergyReadout(backbone.sphere_channels_all)
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
-        per_atom = self.readout(emb["sphere_values"])  # [N]
+        per_atom = self.readout(emb["sphere_values"], emb["sphere_weights"])  # [N]
         energy = _sum_per_system(per_atom, data.batch, len(data.natoms))
         if self.reduce == "sum":
             return {"energy": energy * 0.001}
@@ -266,7 +280,8 @@ class eSCNForceHead(nn.Module, HeadInterface):
         self.readout = ForceReadout(backbone.sphere_channels_all)
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
-        return {"forces": self.readout(emb["sphere_values"], emb["sphere_points"])}
+        values, points, weights = emb["sphere_values"], emb["sphere_points"], emb["sphere_weights"]
+        return {"forces": self.readout(values, points, weights)}
 
 
 class eSCN(eSCNBackbone):

@@ -36,7 +36,7 @@ def slabs() -> list[Atoms]:
 
 def rotate_atoms(atoms: Atoms, rot: np.ndarray) -> Atoms:
     atoms = atoms.copy()
-    atoms.set_positions(atoms.get_positions() @ rot.T)
+    atoms.set_positions(atoms.get_positions() @ rot.T, apply_constraint=False)
     atoms.set_cell(atoms.get_cell()[:] @ rot.T, scale_atoms=False)
     return atoms
 

@@ -1,9 +1,10 @@
 """Readouts from values on sphere points: energy per atom and direct forces.
 
-Both take ``values [N, P, R*C]`` (node embeddings sampled at P near-uniform unit vectors
-p) and apply the same MLP shape C -> C -> C -> 1 (SiLU) per point:
+Both take ``values [N, P, R*C]`` (node embeddings sampled at P points p of the sphere)
+and apply the same MLP shape C -> C -> C -> 1 (SiLU) per point, then integrate with the
+quadrature weights w_p (sum_p w_p = 1; w_p = 1/P for the reference's Fibonacci points):
 
-    energy_i = mean_p s_p          forces_i = mean_p s_p p
+    energy_i = sum_p w_p s_p          forces_i = sum_p w_p s_p p
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ class _PointMLP(nn.Module):
 
 
 class EnergyReadout(_PointMLP):
-    """Per-atom energy ``[N]``: the mean over sphere points of the point MLP."""
+    """Per-atom energy ``[N]``: the sphere average of the point MLP."""
 
-    def forward(self, values: torch.Tensor) -> torch.Tensor:
-        return self.point_scores(values).mean(dim=1)
+    def forward(self, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        scores = self.point_scores(values)  # [N, P]
+        return scores @ weights.to(scores.dtype)
 
 
 class ForceReadout(_PointMLP):
-    """Per-atom force ``[N, 3]``: the mean over points p of the point score times p."""
+    """Per-atom force ``[N, 3]``: the sphere average of the point score times p."""
 
-    def forward(self, values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, values: torch.Tensor, points: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
         scores = self.point_scores(values)  # [N, P]
-        return scores @ points.to(scores.dtype) / points.shape[0]
+        return (scores * weights.to(scores.dtype)) @ points.to(scores.dtype)

@@ -18,12 +18,29 @@ column subsets they need as buffers.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import cache
 
 import torch
 from e3nn.o3 import FromS2Grid, ToS2Grid
 
-__all__ = ["grid_resolution", "s2_grid_matrices"]
+__all__ = ["float64_default", "grid_resolution", "s2_grid_matrices"]
+
+
+@contextlib.contextmanager
+def float64_default() -> Iterator[None]:
+    """Run with float64 as torch's default dtype.
+
+    e3nn's grid helpers (and fairchem's sphere points) create some intermediates in the
+    default dtype even when asked for float64; cached constants must not depend on it.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def grid_resolution(
@@ -53,8 +70,12 @@ def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Te
     Point g = b * res_alpha + a (beta-major, as e3nn's grids).
     """
     res = (res_beta, res_alpha)
-    to_s2 = ToS2Grid(lmax, res, normalization="integral", dtype=torch.float64)
-    from_s2 = FromS2Grid(res, lmax, normalization="integral", dtype=torch.float64)
+    # e3nn's quadrature weights are computed in the *default* dtype whatever ``dtype`` says
+    # (``2.0 * arange(...)`` in ``_quadrature_weights``): build under a float64 default, so
+    # the matrices are float64-accurate and do not depend on the caller's default dtype.
+    with float64_default():
+        to_s2 = ToS2Grid(lmax, res, normalization="integral", dtype=torch.float64)
+        from_s2 = FromS2Grid(res, lmax, normalization="integral", dtype=torch.float64)
     to_grid = torch.einsum("mbi,am->bai", to_s2.shb, to_s2.sha)  # [b, a, K]
     from_grid = torch.einsum("am,mbi->bai", from_s2.sha, from_s2.shb)  # [b, a, K]
     num_coeff = (lmax + 1) ** 2
