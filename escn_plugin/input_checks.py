@@ -78,7 +78,8 @@ def check_overlaps(data, use_pbc: bool) -> None:
         if n > 1 and dist.min() < MIN_DISTANCE:
             i, j = divmod(int(dist.argmin()), n)
             raise ValueError(
-                f"atoms {start + i} and {start + j} (system {system}) are {float(dist.min()):.2e} A "
+                f"atoms {start + i} and {start + j} (system {system}) are "
+                f"{float(dist.min()):.2e} A "
                 f"apart (< {MIN_DISTANCE} A, periodic images included): overlapping atoms; "
                 "check the structure and its cell"
             )
