@@ -27,6 +27,7 @@ from torch import nn
 from escn_plugin.backends import ROTATION_BACKENDS
 from escn_plugin.so3.edge_frame import edge_frame
 from escn_plugin.so3.layout import CoefficientLayout
+from escn_plugin.so3.s2_grid import float64_default
 from escn_plugin.so3.wigner import WignerD
 
 __all__ = ["EdgeRotation", "EulerEdgeRotation"]
@@ -78,5 +79,8 @@ class EulerEdgeRotation(_RotationBase):
     def forward(self, edge_vec: torch.Tensor, roll: torch.Tensor | None = None) -> torch.Tensor:
         rot = self.frames(edge_vec, roll)
         irreps = o3.Irreps([(1, (l, 1)) for l in range(self.layout.lmax + 1)])
-        d = irreps.D_from_matrix(rot)  # [E, K, K] block-diagonal
+        # e3nn builds its SO(3) generators in the default dtype: under a float32 default a
+        # float64 D would only be good to ~1e-6
+        with float64_default():
+            d = irreps.D_from_matrix(rot).to(rot.dtype)  # [E, K, K] block-diagonal
         return self._to_full_columns(d[:, self.rows])
