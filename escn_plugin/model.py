@@ -27,7 +27,8 @@ reference config works by changing only ``name``. Additions, all optional:
   Fibonacci readout limits force equivariance to ~1e-1..1e-4 depending on P);
 * ``random_roll`` (False): draw a random roll of each edge frame per forward pass in
   training, as the reference always does; off by default so outputs are reproducible;
-* ``validate_inputs`` (True): clear errors for bad atomic numbers, positions, overlaps.
+* ``validate_inputs`` (True): clear errors for bad atomic numbers, positions, overlaps;
+* ``compile_layers`` (False): ``torch.compile`` the interaction layers (dynamic shapes).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         random_roll: bool = False,
         validate_inputs: bool = True,
         readout_grid: int | list[int] | None = None,
+        compile_layers: bool = False,
     ) -> None:
         super().__init__()
         lmax_list = [6] if lmax_list is None else list(lmax_list)
@@ -197,6 +199,9 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         self.register_buffer("sphere_points", points, persistent=False)  # [P, 3]
         self.register_buffer("sphere_weights", weights, persistent=False)  # [P]
         self.sphere_sampler = sphere_points_sampler(self.layout, points)
+        self._compiled_layers = (
+            torch.compile(self.run_layers, dynamic=True) if compile_layers else None
+        )
         # l = 0 coefficient of each resolution, in the full layout
         l0 = [self.layout.res_slice(i).start for i in range(self.num_resolutions)]
         self.register_buffer("l0_index", torch.tensor(l0), persistent=False)
@@ -212,6 +217,28 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         if self.random_roll and self.training:
             return torch.rand(num_edges, dtype=like.dtype, device=like.device) * 2 * torch.pi
         return None
+
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        basis: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        wigner: torch.Tensor,
+    ) -> torch.Tensor:
+        """The interaction layers with their residuals: ``[N, K, C] -> [N, K, C]``.
+
+        Free of data-dependent control flow, so ``torch.compile`` captures it whole
+        (``compile_layers: True``); graph construction and input checks stay eager.
+        """
+        for i, layer in enumerate(self.layers):
+            args = (x, basis, atomic_numbers, edge_index, wigner)
+            if self.activation_checkpoint and torch.is_grad_enabled():
+                update = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                update = layer(*args)
+            x = update if i == 0 else x + update
+        return x
 
     def forward(self, data) -> dict:
         atomic_numbers = data.atomic_numbers.long()
@@ -229,14 +256,8 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         wigner = wigner.to(x.dtype)
         basis = basis.to(x.dtype)
 
-        for i, layer in enumerate(self.layers):
-            args = (x, basis, atomic_numbers, graph.edge_index, wigner)
-            if self.activation_checkpoint and torch.is_grad_enabled():
-                update = checkpoint(layer, *args, use_reentrant=False)
-            else:
-                update = layer(*args)
-            x = update if i == 0 else x + update
-
+        run_layers = self._compiled_layers or self.run_layers
+        x = run_layers(x, basis, atomic_numbers, graph.edge_index, wigner)
         return {
             "sphere_values": self.sphere_sampler(x),  # [N, P, R*C]
             "sphere_points": self.sphere_points,

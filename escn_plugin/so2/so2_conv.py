@@ -111,7 +111,7 @@ class SO2Convolution(nn.Module):
         x0 = x[:, plus0].reshape(num_edges, -1)  # [E, n_0 C]
         y0 = self.m0_out(self.m0_in(x0) * self.act(self.edge_m0(x_edge)))
         out = [y0.view(num_edges, -1, self.sphere_channels)]
-        for m, conv in enumerate(self.orders, start=1):
+        for m, conv in zip(range(1, len(self.orders) + 1), self.orders):
             plus, minus = self.layout.m_slices(m)
             # +m and -m groups are adjacent in the m-major layout: one view, no copy
             xm = x[:, plus.start : minus.stop].reshape(num_edges, 2, -1)  # [E, 2, n_m C]
