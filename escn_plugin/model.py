@@ -52,7 +52,11 @@ from escn_plugin.backends import ROTATION_BACKENDS
 from escn_plugin.input_checks import check_atoms, check_edges, check_overlaps
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
 from escn_plugin.so3.layout import CoefficientLayout
-from escn_plugin.so3.projections import sphere_points_sampler
+from escn_plugin.so3.projections import (
+    EdgeGridActivation,
+    node_grid_sampler,
+    sphere_points_sampler,
+)
 from escn_plugin.so3.s2_grid import float64_default, grid_resolution, s2_grid_matrices
 from escn_plugin.so3.wigner import MAX_LMAX
 
@@ -178,6 +182,8 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         self.distance_expansion = DISTANCE_FUNCTIONS[distance_function](
             0.0, cutoff, int(cutoff / distance_resolution), basis_width_scalar
         )
+        edge_grid_act = EdgeGridActivation(self.layout, nn.SiLU(), resolution)
+        node_grid = node_grid_sampler(self.layout, resolution)
         self.layers = nn.ModuleList(
             InteractionLayer(
                 MessageBlock(
@@ -187,10 +193,10 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
                     edge_channels,
                     self.distance_expansion.num_output,
                     max_num_elements,
+                    edge_grid_act,
                     so2_impl,
-                    resolution,
                 ),
-                NodeUpdate(self.layout, sphere_channels, resolution),
+                NodeUpdate(node_grid, sphere_channels),
             )
             for _ in range(num_layers)
         )

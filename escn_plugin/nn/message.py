@@ -23,7 +23,10 @@ __all__ = ["MessageBlock"]
 
 
 class MessageBlock(nn.Module):
-    """One round of eSCN messages, summed into the target nodes (no normalisation)."""
+    """One round of eSCN messages, summed into the target nodes (no normalisation).
+
+    ``grid_act`` is the point-wise SiLU on the edge-frame S2 grid (shared, no weights).
+    """
 
     def __init__(
         self,
@@ -33,8 +36,8 @@ class MessageBlock(nn.Module):
         edge_channels: int,
         num_basis: int,
         max_num_elements: int,
+        grid_act: EdgeGridActivation,
         so2_impl: str = "escn",
-        resolution: int | list[int] | None = None,
     ) -> None:
         super().__init__()
         self.sphere_channels = sphere_channels
@@ -42,7 +45,7 @@ class MessageBlock(nn.Module):
         so2_args = (layout, sphere_channels, hidden_channels, edge_channels)
         self.so2_source = SO2_IMPLEMENTATIONS.build(so2_impl, *so2_args)
         self.so2_target = SO2_IMPLEMENTATIONS.build(so2_impl, *so2_args)
-        self.grid_act = EdgeGridActivation(layout, nn.SiLU(), resolution)
+        self.grid_act = grid_act  # constants only: one instance is shared by all layers
 
     def forward(
         self,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from escn_plugin.so3.layout import CoefficientLayout
-from escn_plugin.so3.projections import node_grid_sampler
+from escn_plugin.so3.projections import SphereSampler
 
 __all__ = ["NodeUpdate"]
 
@@ -14,19 +13,15 @@ __all__ = ["NodeUpdate"]
 class NodeUpdate(nn.Module):
     """``from_grid(fc3(SiLU(fc2(SiLU(fc1([grid(x) | grid(m)]))))))``, all bias-free.
 
-    Every resolution is sampled on the grid of the largest lmax; the R resolutions' channels
-    sit side by side, so the MLP maps 2 R C -> R C.
+    Every resolution is sampled on the grid of the largest lmax (``grid``, from
+    :func:`~escn_plugin.so3.projections.node_grid_sampler`); the R resolutions' channels sit
+    side by side, so the MLP maps 2 R C -> R C.
     """
 
-    def __init__(
-        self,
-        layout: CoefficientLayout,
-        sphere_channels: int,
-        resolution: int | list[int] | None = None,
-    ) -> None:
+    def __init__(self, grid: SphereSampler, sphere_channels: int) -> None:
         super().__init__()
-        width = layout.num_resolutions * sphere_channels
-        self.grid = node_grid_sampler(layout, resolution)
+        width = grid.num_resolutions * sphere_channels
+        self.grid = grid  # constants only: one instance is shared by all layers
         self.fc1 = nn.Linear(2 * width, width, bias=False)
         self.fc2 = nn.Linear(width, width, bias=False)
         self.fc3 = nn.Linear(width, width, bias=False)
