@@ -210,3 +210,17 @@ def test_activation_checkpoint_matches_plain():
     b["energy"].sum().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_autocast_bfloat16_forward_backward():
+    """AMP: the reference fails here (index_add_ Float vs BFloat16); energies accumulate
+    in float32."""
+    m = model(torch.float32, otf_graph=True).train()
+    batch = make_batch(slabs(), dtype=torch.float32, edges=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(batch)
+    assert out["energy"].dtype == torch.float32
+    assert torch.isfinite(out["forces"].float()).all()
+    (out["energy"].sum() + out["forces"].float().pow(2).sum()).backward()
+    reference = m(batch)["energy"]
+    torch.testing.assert_close(out["energy"], reference, rtol=0.05, atol=1e-5)
