@@ -28,7 +28,7 @@ from torch import nn
 from escn_plugin.backends import SO2_IMPLEMENTATIONS
 from escn_plugin.so3.layout import CoefficientLayout
 
-__all__ = ["SO2Convolution", "complex_combine", "so2_linear"]
+__all__ = ["ExplicitSO2Convolution", "SO2Convolution", "complex_combine", "so2_linear"]
 
 
 def complex_combine(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
@@ -141,3 +141,24 @@ class SO2OrderConvolution(nn.Module):
         real = self.out_r(hidden[..., : self.hidden_channels])  # [E, 2, F]
         imag = self.out_i(hidden[..., self.hidden_channels :])
         return complex_combine(real, imag)
+
+
+@SO2_IMPLEMENTATIONS.register("explicit")
+class ExplicitSO2Convolution(SO2Convolution):
+    """The same block, parameters and all, computed the long way: it materialises the
+    per-edge weight matrices ``W = out diag(g(e)) in`` of every order and applies
+    :func:`so2_linear`. Slow (E x F x F memory); it shows that the learned block is exactly
+    the SO(2) map of the reduction, and serves as the oracle for the fast path."""
+
+    def forward(self, x: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
+        gate0 = self.act(self.edge_m0(x_edge))  # [E, H]
+        w0 = torch.einsum("oh,eh,hi->eoi", self.m0_out.weight, gate0, self.m0_in.weight)
+        weights: list[tuple[torch.Tensor, torch.Tensor | None]] = [(w0, None)]
+        for conv in self.orders:
+            h = conv.hidden_channels
+            gate = conv.act(conv.edge_gate(x_edge))  # [E, 2H]
+            w_in = conv.in_proj.weight  # [2H, F]
+            w_r = torch.einsum("oh,eh,hi->eoi", conv.out_r.weight, gate[:, :h], w_in[:h])
+            w_i = torch.einsum("oh,eh,hi->eoi", conv.out_i.weight, gate[:, h:], w_in[h:])
+            weights.append((w_r, w_i))
+        return so2_linear(x, self.layout, weights)
