@@ -61,8 +61,8 @@ class MessageBlock(nn.Module):
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
         pair = torch.cat((x[source], x[target]), dim=-1)  # [E, K, 2C]
         pair = torch.bmm(wigner, pair)  # [E, K_M, 2C] in the edge frame
-        c = self.sphere_channels
-        y = self.so2_source(pair[..., :c], x_edge) + self.so2_target(pair[..., c:], x_edge)
+        x_source, x_target = pair.chunk(2, dim=-1)
+        y = self.so2_source(x_source, x_edge) + self.so2_target(x_target, x_edge)
         y = self.grid_act(y)  # [E, K_M, C]
         y = torch.bmm(wigner.transpose(1, 2), y)  # [E, K, C] back in the global frame
         out = torch.zeros(x.shape[0], *y.shape[1:], dtype=y.dtype, device=y.device)

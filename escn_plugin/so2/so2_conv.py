@@ -37,7 +37,10 @@ def complex_combine(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
     ``real, imag: [E, 2, F]`` hold W_r [x_{+m}; x_{-m}] and W_i [x_{+m}; x_{-m}];
     returns ``[E, 2, F]`` = [W_r x_{+m} - W_i x_{-m}; W_i x_{+m} + W_r x_{-m}].
     """
-    return torch.stack((real[:, 0] - imag[:, 1], real[:, 1] + imag[:, 0]), dim=1)
+    # [r+ - i-, r- + i+] as real + sign * flip(imag): no select/stack, whose backward
+    # would allocate and zero-fill full-size gradients
+    sign = torch.tensor([-1.0, 1.0], dtype=real.dtype, device=real.device).view(1, 2, 1)
+    return real + imag.flip(1) * sign
 
 
 def so2_linear(
@@ -103,18 +106,19 @@ class SO2Convolution(nn.Module):
             SO2OrderConvolution(n_m * sphere_channels, hidden_channels, edge_channels)
             for n_m in layout.m_size[1:]
         )
+        self.group_sizes = [layout.m_size[0]] + [2 * n for n in layout.m_size[1:]]
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
         num_edges = x.shape[0]
-        plus0, _ = self.layout.m_slices(0)
-        x0 = x[:, plus0].reshape(num_edges, -1)  # [E, n_0 C]
+        # groups m = 0, (+1, -1), (+2, -2), ...: the +m and -m groups are adjacent in the
+        # m-major layout, so one split gives every order (split's backward is a cat)
+        x0, *x_orders = x.split(self.group_sizes, dim=1)
+        x0 = x0.reshape(num_edges, -1)  # [E, n_0 C]
         y0 = self.m0_out(self.m0_in(x0) * self.act(self.edge_m0(x_edge)))
         out = [y0.view(num_edges, -1, self.sphere_channels)]
-        for m, conv in zip(range(1, len(self.orders) + 1), self.orders):
-            plus, minus = self.layout.m_slices(m)
-            # +m and -m groups are adjacent in the m-major layout: one view, no copy
-            xm = x[:, plus.start : minus.stop].reshape(num_edges, 2, -1)  # [E, 2, n_m C]
+        for xm, conv in zip(x_orders, self.orders):
+            xm = xm.reshape(num_edges, 2, -1)  # [E, 2, n_m C]
             out.append(conv(xm, x_edge).reshape(num_edges, -1, self.sphere_channels))
         return torch.cat(out, dim=1)  # [E, K_M, C]
 
@@ -138,9 +142,8 @@ class SO2OrderConvolution(nn.Module):
     def forward(self, xm: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
         gate = self.act(self.edge_gate(x_edge)).unsqueeze(1)  # [E, 1, 2H]
         hidden = self.in_proj(xm) * gate  # [E, 2, 2H]: (+m, -m) x (real, imag)
-        real = self.out_r(hidden[..., : self.hidden_channels])  # [E, 2, F]
-        imag = self.out_i(hidden[..., self.hidden_channels :])
-        return complex_combine(real, imag)
+        hidden_r, hidden_i = hidden.chunk(2, dim=-1)
+        return complex_combine(self.out_r(hidden_r), self.out_i(hidden_i))  # [E, 2, F]
 
 
 @SO2_IMPLEMENTATIONS.register("explicit")
