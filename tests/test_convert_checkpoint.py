@@ -45,14 +45,6 @@ def _model_args(config: dict) -> dict:
     return dict(args, otf_graph=False)  # float64 needs the precomputed graph
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _compare(ref, ours, monkeypatch):
     monkeypatch.setattr(
         type(ref), "_init_edge_rot_mat", lambda self, d, i, vec: edge_frame(vec).detach()

@@ -59,15 +59,6 @@ def test_random_roll_mode_is_opt_in_and_only_in_training():
     torch.testing.assert_close(c["energy"], a["energy"], rtol=1e-3, atol=0)
 
 
-@pytest.fixture
-def float64_default():
-    # float64 end to end: fairchem's graph code makes some tensors in the default dtype
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_rotation_equivariance_default_and_fine_grid(float64_default, seed):
     """Energy invariant, forces rotate. The S2 grids and the readout sphere points make the

@@ -34,14 +34,6 @@ SMALL = dict(
 )
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # the reference makes its zeros in the default dtype
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _ours_frame(self, data, edge_index, edge_distance_vec):
     return edge_frame(edge_distance_vec).detach()
 
