@@ -76,9 +76,7 @@ def test_rotation_equivariance_default_and_fine_grid(float64_default, seed):
 
     default = model(max_neighbors=200)
     e_def, f_def = relative_errors(default, batch_a, batch_b, rot)
-    print(
-        f"equivariance: fine E {e_fine:.1e} F {f_fine:.1e}; default E {e_def:.1e} F {f_def:.1e}"
-    )
+    print(f"equivariance: fine E {e_fine:.1e} F {f_fine:.1e}; default E {e_def:.1e} F {f_def:.1e}")
     assert e_def < 1e-6  # energies: the default grids are already good
     assert f_def > 10 * f_fine  # the default Fibonacci readout is the limiting factor
 
