@@ -299,6 +299,23 @@ def peak_memory_mib(fn: Callable[[], object], device: str) -> dict:
     return dict(peak_increase_mib=(peak_kb - base_kb) / 1024, method=method)
 
 
+def peak_live_tensors_mib(fn: Callable[[], object]) -> float:
+    """Peak of the bytes held by tensors during one call of ``fn`` above what was held before,
+    MiB (CPU): torch.profiler's memory events (allocations +, frees -) summed in time order.
+    Independent of the allocator (RSS also counts memory the allocator keeps cached)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.events() if e.self_cpu_memory_usage != 0]
+    events.sort(key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+
 def run_worker(script: Path, payload: dict, timeout: float = 900) -> dict:
     """Run ``script --worker JSON`` in a fresh interpreter; it prints one JSON line last."""
     cmd = [sys.executable, str(script), "--worker", json.dumps(payload)]

@@ -95,6 +95,8 @@ def memory_worker(payload: dict) -> dict:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     result = common.peak_memory_mib(fn, device)
     result["minor_page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    if not device.startswith("cuda"):
+        result["peak_live_tensors_mib"] = common.peak_live_tensors_mib(fn)  # a second call
     return result
 
 
@@ -118,9 +120,11 @@ def measure_memory(args, name: str) -> dict:
                 peak_increase_mib=sorted(peaks)[len(peaks) // 2],
                 samples=peaks,
                 minor_page_faults=runs[0].get("minor_page_faults"),
+                peak_live_tensors_mib=runs[0].get("peak_live_tensors_mib"),
                 method=runs[0]["method"],
             )
-            print(f"  memory {model:4s} {mode:7s}: {peaks} MiB", flush=True)
+            live = runs[0].get("peak_live_tensors_mib")
+            print(f"  memory {model:4s} {mode:7s}: RSS {peaks} MiB, tensors {live} MiB", flush=True)
     return out
 
 
@@ -266,6 +270,28 @@ def report(args, machine: dict, results: list[dict]) -> str:
                 f"{m['ref fwd']:.0f} | {m['ours fwd']:.0f} | {m['ours fwd'] / m['ref fwd']:.2f} |"
                 f" {pf['ref fwd+bwd']} / {pf['ours fwd+bwd']} |"
             )
+        live_rows = [
+            r
+            for r in results
+            if "memory" in r and r["memory"]["ref fwd+bwd"].get("peak_live_tensors_mib")
+        ]
+        if live_rows:
+            lines += [
+                "",
+                "Peak memory held by tensors during the call above what was held before (MiB; "
+                "torch.profiler memory events; independent of what the allocator caches):",
+                "",
+                "| config | fwd+bwd ref | fwd+bwd ours | ours/ref | inference fwd ref | "
+                "inference fwd ours | ours/ref |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in live_rows:
+                t = {k: v["peak_live_tensors_mib"] for k, v in r["memory"].items()}
+                lines.append(
+                    f"| {label(r)} | {t['ref fwd+bwd']:.0f} | {t['ours fwd+bwd']:.0f} | "
+                    f"{t['ours fwd+bwd'] / t['ref fwd+bwd']:.2f} | {t['ref fwd']:.0f} | "
+                    f"{t['ours fwd']:.0f} | {t['ours fwd'] / t['ref fwd']:.2f} |"
+                )
     lines += [
         "",
         "Output agreement (reference's random frame replaced by ours; weights re-drawn at a "
