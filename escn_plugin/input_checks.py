@@ -68,13 +68,15 @@ def check_overlaps(data, use_pbc: bool) -> None:
     counts = data.natoms.tolist() if hasattr(data, "natoms") else [pos.shape[0]]
     start = 0
     for system, n in enumerate(counts):
-        p = pos[start : start + n].double()
-        diff = p[:, None, :] - p[None, :, :]  # [n, n, 3]
+        p = pos[start : start + n].double()  # [n, 3]
         if use_pbc and getattr(data, "cell", None) is not None:
             cell = data.cell[system].detach().double()  # rows are lattice vectors
-            frac = torch.linalg.solve(cell.T, diff.reshape(-1, 3).T).T
-            diff = (frac - torch.round(frac)) @ cell
-        dist = diff.reshape(n, n, 3).norm(dim=-1) + torch.eye(n, dtype=p.dtype) * 1e9
+            frac = torch.linalg.solve(cell.T, p.T).T  # [n, 3] fractional coordinates
+            diff = frac[:, None, :] - frac[None, :, :]
+            diff = (diff - torch.round(diff)) @ cell  # minimum image, [n, n, 3]
+        else:
+            diff = p[:, None, :] - p[None, :, :]
+        dist = diff.norm(dim=-1) + torch.eye(n, dtype=p.dtype) * 1e9
         if n > 1 and dist.min() < MIN_DISTANCE:
             i, j = divmod(int(dist.argmin()), n)
             raise ValueError(
