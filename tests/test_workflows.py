@@ -17,25 +17,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from fairchem_run import SMALL_MODEL
 
 from escn_plugin import demo
 from escn_plugin.datasets.oc20_emt import generate, read_lmdb, write_lmdb
 
 #: a micro eSCN: seconds per epoch on the tiny data
-MICRO_MODEL = dict(
-    name="escn_plugin.eSCN",
-    num_layers=2,
-    lmax_list=[2],
-    mmax_list=[1],
-    sphere_channels=8,
-    hidden_channels=8,
-    edge_channels=8,
-    num_sphere_samples=16,
-    cutoff=6.0,
-    max_neighbors=12,
-    otf_graph=True,
-    distance_resolution=0.1,
-)
+MICRO_MODEL = dict(SMALL_MODEL, name="escn_plugin.eSCN")
 
 
 def _config(data_root, refs, epochs=2):
