@@ -41,14 +41,14 @@ def test_duplicate_registration_raises() -> None:
 
     @registry.register("a")
     class A:
-        pass
+        """A registered class."""
 
     registry.register("a")(A)  # same class again: fine
     with pytest.raises(ValueError, match="already registered"):
 
         @registry.register("a")
         class B:
-            pass
+            """Another class under a taken name."""
 
 
 @pytest.mark.parametrize(("lmax_list", "mmax_list"), [([4], [2]), ([6], [6]), ([4, 3], [2, 1])])
