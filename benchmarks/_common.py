@@ -389,6 +389,19 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def publish(args, machine: dict, results, report: Callable, plot: Callable) -> int:
+    """Print the Markdown report of ``results``; with ``--out`` also write .md, .json (raw
+    samples, machine, arguments) and .png. Returns the scripts' exit code, 0."""
+    markdown = report(args, machine, results)
+    title = (
+        f"{machine['date']}  {machine['cpu']}  nproc={machine['nproc']}  torch {machine['torch']}"
+    )
+    payload = dict(machine=machine, args=vars(args), results=results)
+    draw = (lambda path: plot(results, path, title)) if results else None
+    write_outputs(args.out, markdown, payload, draw)
+    return 0
+
+
 def write_outputs(out: str | None, markdown: str, results: dict, plot: Callable | None) -> None:
     """Print ``markdown``; with ``out`` (a path, ``.md`` added if missing) also write
     ``out.md``, ``out.json`` (raw samples) and ``out.png`` (``plot(path)``)."""

@@ -386,13 +386,7 @@ def merge(args) -> int:
     machine["merged_from"] = [str(f) for f in args.merge]
     for key in ("size", "device"):
         setattr(args, key, payloads[0]["args"][key])
-    markdown = report(args, machine, results)
-    title = (
-        f"{machine['date']}  {machine['cpu']}  nproc={machine['nproc']}  torch {machine['torch']}"
-    )
-    payload = dict(machine=machine, args=vars(args), results=results)
-    common.write_outputs(args.out, markdown, payload, lambda p: plot(results, p, title))
-    return 0
+    return common.publish(args, machine, results, report, plot)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,13 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     common.setup(args)
     machine = common.machine_info(args.device)
     results = [measure_config(args, name) for name in args.configs]
-    markdown = report(args, machine, results)
-    title = (
-        f"{machine['date']}  {machine['cpu']}  nproc={machine['nproc']}  torch {machine['torch']}"
-    )
-    payload = dict(machine=machine, args=vars(args), results=results)
-    common.write_outputs(args.out, markdown, payload, lambda p: plot(results, p, title))
-    return 0
+    return common.publish(args, machine, results, report, plot)
 
 
 if __name__ == "__main__":

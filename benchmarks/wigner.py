@@ -232,15 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args) if args.repeats > 0 else []
     if args.profile:
         args.profile_tables = profile_tables(args)
-    markdown = report(args, machine, rows)
-    title = (
-        f"{machine['date']}  {machine['cpu']}  nproc={machine['nproc']}  torch {machine['torch']}"
-    )
-    payload = dict(machine=machine, args=vars(args), results=rows)
-    common.write_outputs(
-        args.out, markdown, payload, (lambda p: plot(rows, p, title)) if rows else None
-    )
-    return 0
+    return common.publish(args, machine, rows, report, plot)
 
 
 if __name__ == "__main__":
