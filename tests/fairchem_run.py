@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
+from escn_plugin import demo
 
 SMALL_MODEL = dict(
     num_layers=2,
@@ -90,20 +88,11 @@ def hydra_model(model: dict) -> dict:
 
 
 def run_fairchem(config: dict, workdir: Path, mode: str, *extra: str) -> str:
-    """Run ``fairchem --mode MODE`` (the installed console script) and return its log."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / f"{mode}.yml"
-    path.write_text(yaml.safe_dump(config))
-    cmd = [
-        str(Path(sys.executable).with_name("fairchem")),
-        "--mode", mode, "--config-yml", str(path), "--cpu",
-        "--run-dir", str(workdir), "--identifier", mode, "--print-every", "4", *extra,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-4000:]}")
-    return log
+    """Run ``fairchem --mode MODE`` (the installed console script) quietly; returns its log.
+    The same runner the main job uses (:func:`escn_plugin.demo.run_fairchem`)."""
+    return demo.run_fairchem(
+        config, workdir, mode, *extra, stream=False, print_every=4, timeout=900
+    )
 
 
 def logged(log: str, key: str) -> list[float]:
