@@ -51,6 +51,9 @@ CONFIGS: dict[str, dict] = {
     "L6-M2": dict(
         lmax_list=[6], mmax_list=[2], sphere_channels=128, hidden_channels=256, edge_channels=128
     ),
+    "L6-M3": dict(
+        lmax_list=[6], mmax_list=[3], sphere_channels=160, hidden_channels=384, edge_channels=128
+    ),
 }
 COMMON = dict(
     use_pbc=True,

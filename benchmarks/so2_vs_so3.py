@@ -144,7 +144,7 @@ class SO2Conv:
         w_plus: list[torch.Tensor],
         w_minus: list[torch.Tensor],
     ) -> torch.Tensor:
-        rot = self.rotation(vec)  # [E, K, K]
+        rot = self.rotation.to_dense(self.rotation(vec))  # [E, K, K]
         x_frame = torch.bmm(rot, x)  # [E, K, C]
         out = []
         for m, (plus, minus) in enumerate(self.slices):

@@ -5,7 +5,7 @@ K = sum_i (lmax_i+1)^2 coefficients, K_M edge-frame coefficients, C = sphere_cha
 R resolutions, P sphere points, B systems)::
 
     graph      = generate_graph(data)                      # radius graph with PBC
-    W          = rotation(edge_distance_vec)               # [E, K_M, K] Wigner-D rows
+    W          = rotation(edge_distance_vec)               # [E, nnz] block-sparse Wigner-D rows
     basis      = distance_expansion(edge_distance)         # [E, num_basis]
     x          = atom_embedding(Z) on l = 0, zero else     # [N, K, C]
     for layer i:  x = layer(x) if i == 0 else x + layer(x) # messages + grid node update
@@ -18,7 +18,8 @@ reference config works by changing only ``name``. Additions, all optional:
 
 * ``rotation_backend`` ("polynomial"): how Wigner-D matrices are built (see
   :mod:`escn_plugin.so3.rotation`);
-* ``so2_impl`` ("escn"): the SO(2) convolution implementation;
+* ``so2_impl`` ("factored"): the SO(2) convolution implementation ("escn" and "explicit":
+  the same block computed edge by edge, kept as oracles);
 * ``resolution``: as the reference (one int for both grid axes), or a [res_beta, res_alpha]
   pair; finer grids make the point-wise non-linearities closer to exactly equivariant;
 * ``readout_grid`` (None): sample the output heads on an e3nn S2 grid ([res_beta,
@@ -51,6 +52,7 @@ from torch.utils.checkpoint import checkpoint
 from escn_plugin.backends import ROTATION_BACKENDS
 from escn_plugin.input_checks import check_atoms, check_edges, check_overlaps
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
+from escn_plugin.nn.edge_groups import MessageEdges, message_edges
 from escn_plugin.so3.layout import CoefficientLayout
 from escn_plugin.so3.projections import (
     EdgeGridActivation,
@@ -120,7 +122,7 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         resolution: int | list[int] | None = None,
         activation_checkpoint: bool | None = False,
         rotation_backend: str = "polynomial",
-        so2_impl: str = "escn",
+        so2_impl: str = "factored",
         random_roll: bool = False,
         validate_inputs: bool = True,
         readout_grid: int | list[int] | None = None,
@@ -195,10 +197,11 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
                     max_num_elements,
                     edge_grid_act,
                     so2_impl,
+                    scalar_input=i == 0,  # x holds only l = 0 before the first layer
                 ),
                 NodeUpdate(node_grid, sphere_channels),
             )
-            for _ in range(num_layers)
+            for i in range(num_layers)
         )
         points, weights = readout_points(num_sphere_samples, readout_grid)
         self.num_sphere_samples = points.shape[0]
@@ -230,7 +233,7 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         basis: torch.Tensor,
         atomic_numbers: torch.Tensor,
         edge_index: torch.Tensor,
-        wigner: torch.Tensor,
+        wigner: MessageEdges,
     ) -> torch.Tensor:
         """The interaction layers with their residuals: ``[N, K, C] -> [N, K, C]``.
 
@@ -256,10 +259,10 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
             check_edges(data, graph.edge_index, graph.edge_distance)
 
         vec = graph.edge_distance_vec
-        wigner = self.rotation(vec, self.edge_rolls(vec.shape[0], vec))  # [E, K_M, K]
+        wigner = self.rotation(vec, self.edge_rolls(vec.shape[0], vec))  # [E, nnz]
         basis = self.distance_expansion(graph.edge_distance)  # [E, num_basis]
         x = self.embed_atoms(atomic_numbers)  # [N, K, C]
-        wigner = wigner.to(x.dtype)
+        wigner = message_edges(wigner.to(x.dtype), graph.edge_index, x.shape[0])
         basis = basis.to(x.dtype)
 
         run_layers = self._compiled_layers or self.run_layers

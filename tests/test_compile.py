@@ -9,6 +9,7 @@ import torch._dynamo as dynamo
 from structures import make_batch, slabs
 
 import escn_plugin
+from escn_plugin.nn.edge_groups import message_edges
 
 SMALL = dict(
     num_layers=2,
@@ -25,12 +26,13 @@ SMALL = dict(
 def _layer_inputs(model, batch):
     graph = model.generate_graph(batch)
     numbers = batch.atomic_numbers.long()
+    wigner = model.rotation(graph.edge_distance_vec)
     return (
         model.embed_atoms(numbers),
         model.distance_expansion(graph.edge_distance),
         numbers,
         graph.edge_index,
-        model.rotation(graph.edge_distance_vec),
+        message_edges(wigner, graph.edge_index, numbers.shape[0]),
     )
 
 

@@ -129,7 +129,7 @@ def _roll_invariant_energy(
 
     def energy(vectors: torch.Tensor, roll: torch.Tensor | None = None) -> torch.Tensor:
         num_edges = vectors.shape[0]
-        w = rotation(vectors, roll)  # [E, K_M, K]
+        w = rotation.to_dense(rotation(vectors, roll))  # [E, K_M, K]
         expanded = [
             (w_r.expand(num_edges, -1, -1), None if w_i is None else w_i.expand(num_edges, -1, -1))
             for w_r, w_i in weights

@@ -17,6 +17,7 @@ from fairchem.core.common.registry import registry
 from structures import GENERIC_ROTATION, make_batch, rotate_atoms, slabs
 
 import escn_plugin
+from escn_plugin.backends import SO2_IMPLEMENTATIONS
 from escn_plugin.convert import convert_state_dict
 from escn_plugin.so3 import edge_frame
 
@@ -47,7 +48,7 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
 
 
-def build_pair(config: dict, hydra: bool, seed: int = 0):
+def build_pair(config: dict, hydra: bool, seed: int = 0, so2_impl: str = "factored"):
     torch.manual_seed(seed)
     if hydra:
         backbone = dict(config, model="escn_backbone")
@@ -67,7 +68,7 @@ def build_pair(config: dict, hydra: bool, seed: int = 0):
         )
     else:
         ref = registry.get_model_class("escn")(**config)
-        ours = escn_plugin.eSCN(**config)
+        ours = escn_plugin.eSCN(**config, so2_impl=so2_impl)
     randomize_(ref, seed)
     ref.double()
     ours.double()
@@ -97,8 +98,21 @@ CASES = [
 def test_plain_model_matches_reference(
     float64_default, monkeypatch, lmax_list, mmax_list, resolution
 ):
+    _check_plain_model(monkeypatch, lmax_list, mmax_list, resolution, so2_impl="factored")
+
+
+@pytest.mark.parametrize("so2_impl", SO2_IMPLEMENTATIONS.names())
+@pytest.mark.parametrize("lmax_list,mmax_list", [([4], [2]), ([4, 3], [2, 1])])
+def test_every_so2_impl_matches_reference(
+    float64_default, monkeypatch, lmax_list, mmax_list, so2_impl
+):
+    _check_plain_model(monkeypatch, lmax_list, mmax_list, None, so2_impl)
+
+
+def _check_plain_model(monkeypatch, lmax_list, mmax_list, resolution, so2_impl):
     config = dict(SMALL, lmax_list=lmax_list, mmax_list=mmax_list, resolution=resolution)
-    ref, ours = build_pair(config, hydra=False)
+    ref, ours = build_pair(config, hydra=False, so2_impl=so2_impl)
+    assert type(ours.layers[-1].message.so2_source) is SO2_IMPLEMENTATIONS.get(so2_impl)
     monkeypatch.setattr(type(ref), "_init_edge_rot_mat", _ours_frame)
     batch = make_batch([rotate_atoms(a, GENERIC_ROTATION) for a in slabs()])
     e_ref, f_ref = outputs(ref, copy.deepcopy(batch), False)

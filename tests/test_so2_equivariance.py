@@ -37,7 +37,7 @@ class Setup:
     def message(
         self, vectors: torch.Tensor, x: torch.Tensor, roll: torch.Tensor | None = None
     ) -> torch.Tensor:
-        w = self.rotation(vectors, roll)  # [E, K_M, K]
+        w = self.rotation.to_dense(self.rotation(vectors, roll))  # [E, K_M, K]
         y = self.conv(w @ x, self.x_edge)  # [E, K_M, C]; x_edge is rotation invariant
         return w.transpose(-1, -2) @ y  # [E, K, C]
 

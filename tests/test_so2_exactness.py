@@ -173,7 +173,8 @@ class Problem:
         layout = CoefficientLayout([self.lmax], [self.lmax])
         if w_plus is None:
             w_plus, w_minus = self.mapped_weights()
-        rot = EdgeRotation(layout)(self.vectors)  # [E, K_M, K] (K_M = K for M = L)
+        rotation = EdgeRotation(layout)
+        rot = rotation.to_dense(rotation(self.vectors))  # [E, K_M, K] (K_M = K for M = L)
         x_frame = rot @ self.x  # [E, K_M, C]
         weights = []
         for m in range(self.lmax + 1):

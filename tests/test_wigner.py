@@ -13,6 +13,7 @@ import torch
 from e3nn import o3
 
 from escn_plugin.so3 import MAX_LMAX, WignerD, wigner_d
+from escn_plugin.so3.wigner import WignerRows
 from escn_plugin.so3.wigner import _right_inverses, _sampling_points
 
 F64 = torch.float64
@@ -164,3 +165,24 @@ def test_max_lmax_is_accurate() -> None:
 def test_lmax_out_of_range_raises(lmax: int) -> None:
     with pytest.raises(ValueError, match="lmax must be in"):
         wigner_d(torch.eye(3, dtype=F64), lmax)
+
+
+@pytest.mark.parametrize(("lmax", "mmax"), [(0, 0), (4, 4), (6, 2), (11, 3)])
+def test_rows_match_full_wigner_d(lmax: int, mmax: int) -> None:
+    """The |m| <= mmax fast path equals the matching entries of the full D (float64)."""
+    rot = _rand_rot(5, seed=2)
+    rows = WignerRows(lmax, mmax)
+    out = rows(rot)  # [5, entries]
+    full = wigner_d(rot, lmax)
+    entries = [(l, m, k) for l in range(lmax + 1) for m in range(-min(l, mmax), min(l, mmax) + 1)
+               for k in range(-l, l + 1)]  # fmt: skip
+    assert out.shape == (5, len(entries))
+    expected = torch.stack([full[:, l * l + l + m, l * l + l + k] for l, m, k in entries], 1)
+    assert (out - expected).abs().max() <= 1e-11
+    # float32 stays at float32 accuracy
+    assert (rows(rot.float()).double() - expected).abs().max() <= 2e-5
+
+
+def test_rows_reject_entries_outside_the_rows() -> None:
+    with pytest.raises(ValueError, match="not in the rows"):
+        WignerRows(3, 1, entries=[(2, 2, 0)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from escn_plugin.nn.edge_groups import MessageEdges
 from escn_plugin.nn.message import MessageBlock
 from escn_plugin.nn.node_update import NodeUpdate
 
@@ -25,7 +26,7 @@ class InteractionLayer(nn.Module):
         basis: torch.Tensor,
         atomic_numbers: torch.Tensor,
         edge_index: torch.Tensor,
-        wigner: torch.Tensor,
+        edges: MessageEdges,
     ) -> torch.Tensor:
-        message = self.message(x, basis, atomic_numbers, edge_index, wigner)
+        message = self.message(x, basis, atomic_numbers, edge_index, edges)
         return self.node_update(x, message)

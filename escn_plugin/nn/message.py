@@ -1,31 +1,75 @@
-"""Message block: rotate into edge frames, SO(2)-convolve, activate on S2, rotate back, sum.
+"""Message block: into edge frames, SO(2)-convolve, activate on S2, rotate back, sum.
 
-Per edge e = (s -> t) with edge-frame matrix W_e [K_M, K] (see
+Per edge e = (s -> t) with edge-frame rotation W_e [K_M, K] (block-sparse, see
 :mod:`escn_plugin.so3.rotation`)::
 
-    x_s, x_t      = W_e x[s], W_e x[t]                      # [K_M, C] each, one bmm for both
-    y             = SO2_source(x_s, f_e) + SO2_target(x_t, f_e)
-    y             = SiLU on the edge-frame S2 grid (y)
-    message[t]   += W_e^T y                                  # [K, C]
+    y           = SO2_source(W_e x[s], f_e) + SO2_target(W_e x[t], f_e)   # [K_M, C]
+    y           = SiLU on the edge-frame S2 grid (y)
+    message[t] += w_e W_e^T y                                            # [K, C]
+
+The SO(2) blocks read node coefficients and the rotation rows directly (the default
+``factored`` block applies its input maps per node, before rotating). Rotating back and
+summing over a node's edges is one ``bmm`` per degree over nodes, edges in per-target
+slots (:mod:`escn_plugin.nn.edge_groups`): no [E, K, C] tensor, no scatter.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.backends import SO2_IMPLEMENTATIONS
 from escn_plugin.nn.edge_features import EdgeFeatures
-from escn_plugin.so3.layout import CoefficientLayout
+from escn_plugin.nn.edge_groups import MessageEdges, NodeGroups, pad
+from escn_plugin.so3.layout import CoefficientLayout, WignerBlockLayout
 from escn_plugin.so3.projections import EdgeGridActivation
 
-__all__ = ["MessageBlock"]
+__all__ = ["MessageBlock", "RotateBackSum"]
+
+
+class RotateBackSum(nn.Module):
+    """``message[n] = sum over the edges e of node n of W_e^T y_e``, degree by degree.
+
+    ``y [E, K_M, C]`` must hold its rows in :attr:`rows` order (the m-major rows regrouped
+    per (res, l) block); each block D^l[rows_l, :] of W acts on its own rows:
+    ``message_l[n] = sum_e D^l_e[rows_l]^T y_e[rows_l]``, a bmm over nodes of
+    [2l+1, W r_l] x [W r_l, C]. Non-zero entries only (235 of 1421 at L6-M2).
+    """
+
+    def __init__(self, layout: CoefficientLayout) -> None:
+        super().__init__()
+        blocks = WignerBlockLayout(layout).degree_blocks
+        rows = [r for _, _, block_rows, _ in blocks for r in block_rows]
+        entries = [i for _, _, _, block_entries in blocks for i in block_entries]
+        self.block_shapes = [(len(block_rows), 2 * l + 1) for _, l, block_rows, _ in blocks]
+        self.register_buffer("rows", torch.tensor(rows), persistent=False)  # [K_M]
+        self.register_buffer("entries", torch.tensor(entries), persistent=False)  # [nnz]
+
+    def forward(self, wigner: torch.Tensor, y: torch.Tensor, groups: NodeGroups) -> torch.Tensor:
+        """``wigner [E, nnz]``, ``y [E, K_M, C]`` (rows in :attr:`rows` order) -> ``[N, K, C]``."""
+        num_nodes, width = groups.slots.shape
+        channels = y.shape[-1]
+        wigner = pad(wigner.index_select(1, self.entries), groups)  # [N*W, nnz] per block
+        y = pad(y, groups).view(num_nodes, width, -1, channels)  # [N, W, K_M, C]
+        out, row, entry = [], 0, 0
+        for num_rows, num_cols in self.block_shapes:
+            d = wigner[:, entry : entry + num_rows * num_cols]
+            d = d.reshape(num_nodes, width * num_rows, num_cols)  # [N, W r_l, 2l+1]
+            y_l = y[:, :, row : row + num_rows].reshape(num_nodes, width * num_rows, channels)
+            out.append(torch.bmm(d.transpose(1, 2), y_l))  # [N, 2l+1, C]
+            row, entry = row + num_rows, entry + num_rows * num_cols
+        return torch.cat(out, dim=1)  # [N, K, C], full l-major layout
 
 
 class MessageBlock(nn.Module):
     """One round of eSCN messages, summed into the target nodes (no normalisation).
 
     ``grid_act`` is the point-wise SiLU on the edge-frame S2 grid (shared, no weights).
+    ``scalar_input``: x is non-zero on l = 0 only (the first layer); lets the SO(2) blocks
+    skip the orders m > 0, whose inputs are then exactly zero.
+    ``recompute_grid``: in training, keep only the grid activation's [E, K_M, C] input
+    and recompute the [E, G, C] grid values in the backward (less memory, a bit more time).
     """
 
     def __init__(
@@ -37,15 +81,20 @@ class MessageBlock(nn.Module):
         num_basis: int,
         max_num_elements: int,
         grid_act: EdgeGridActivation,
-        so2_impl: str = "escn",
+        so2_impl: str = "factored",
+        scalar_input: bool = False,
+        recompute_grid: bool = False,
     ) -> None:
         super().__init__()
         self.sphere_channels = sphere_channels
+        self.scalar_input = scalar_input
+        self.recompute_grid = recompute_grid
         self.edge_features = EdgeFeatures(num_basis, edge_channels, max_num_elements)
         so2_args = (layout, sphere_channels, hidden_channels, edge_channels)
         self.so2_source = SO2_IMPLEMENTATIONS.build(so2_impl, *so2_args)
         self.so2_target = SO2_IMPLEMENTATIONS.build(so2_impl, *so2_args)
         self.grid_act = grid_act  # constants only: one instance is shared by all layers
+        self.rotate_back = RotateBackSum(layout)
 
     def forward(
         self,
@@ -53,17 +102,23 @@ class MessageBlock(nn.Module):
         basis: torch.Tensor,
         atomic_numbers: torch.Tensor,
         edge_index: torch.Tensor,
-        wigner: torch.Tensor,
+        edges: MessageEdges,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x [N, K, C]``, ``basis [E, B]``, ``edge_index [2, E]`` (source, target),
-        ``wigner [E, K_M, K]`` -> aggregated messages ``[N, K, C]``."""
+        ``edges`` (rotation rows and node groups, :func:`~escn_plugin.nn.edge_groups.
+        message_edges`), ``edge_weight [E]`` (optional factor on each edge's message)
+        -> aggregated messages ``[N, K, C]``."""
         source, target = edge_index
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
-        pair = torch.cat((x[source], x[target]), dim=-1)  # [E, K, 2C]
-        pair = torch.bmm(wigner, pair)  # [E, K_M, 2C] in the edge frame
-        x_source, x_target = pair.chunk(2, dim=-1)
-        y = self.so2_source(x_source, x_edge) + self.so2_target(x_target, x_edge)
-        y = self.grid_act(y)  # [E, K_M, C]
-        y = torch.bmm(wigner.transpose(1, 2), y)  # [E, K, C] back in the global frame
-        out = torch.zeros(x.shape[0], *y.shape[1:], dtype=y.dtype, device=y.device)
-        return out.index_add_(0, target, y)
+        wigner, scalar = edges.wigner, self.scalar_input
+        y = self.so2_source.from_nodes(x, wigner, edges.source, x_edge, scalar)
+        y = y + self.so2_target.from_nodes(x, wigner, edges.target, x_edge, scalar)
+        rows = self.rotate_back.rows
+        if self.recompute_grid and torch.is_grad_enabled():
+            y = checkpoint(self.grid_act, y, rows, use_reentrant=False)
+        else:
+            y = self.grid_act(y, rows)  # [E, K_M, C], rows grouped per degree
+        if edge_weight is not None:
+            y = y * edge_weight.view(-1, 1, 1)
+        return self.rotate_back(wigner, y, edges.target)

@@ -26,9 +26,16 @@ import torch
 from torch import nn
 
 from escn_plugin.backends import SO2_IMPLEMENTATIONS
-from escn_plugin.so3.layout import CoefficientLayout
+from escn_plugin.nn.edge_groups import NodeGroups, pad, unpad
+from escn_plugin.so3.layout import CoefficientLayout, WignerBlockLayout
 
-__all__ = ["ExplicitSO2Convolution", "SO2Convolution", "complex_combine", "so2_linear"]
+__all__ = [
+    "ExplicitSO2Convolution",
+    "FactoredSO2Convolution",
+    "SO2Convolution",
+    "complex_combine",
+    "so2_linear",
+]
 
 
 def complex_combine(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
@@ -108,19 +115,47 @@ class SO2Convolution(nn.Module):
         )
         self.group_sizes = [layout.m_size[0]] + [2 * n for n in layout.m_size[1:]]
         self.act = nn.SiLU()
+        entries = WignerBlockLayout(layout).entries
+        dense = torch.tensor([r * layout.num_full + k for r, k in entries])
+        self.register_buffer("dense_index", dense, persistent=False)  # [nnz] into [K_M * K]
 
     def forward(self, x: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
         num_edges = x.shape[0]
         # groups m = 0, (+1, -1), (+2, -2), ...: the +m and -m groups are adjacent in the
         # m-major layout, so one split gives every order (split's backward is a cat)
         x0, *x_orders = x.split(self.group_sizes, dim=1)
-        x0 = x0.reshape(num_edges, -1)  # [E, n_0 C]
-        y0 = self.m0_out(self.m0_in(x0) * self.act(self.edge_m0(x_edge)))
-        out = [y0.view(num_edges, -1, self.sphere_channels)]
+        hidden = [self.m0_in(x0.reshape(num_edges, 1, -1))]  # [E, 1, H]
         for xm, conv in zip(x_orders, self.orders):
-            xm = xm.reshape(num_edges, 2, -1)  # [E, 2, n_m C]
-            out.append(conv(xm, x_edge).reshape(num_edges, -1, self.sphere_channels))
+            hidden.append(conv.in_proj(xm.reshape(num_edges, 2, -1)))  # [E, 2, 2H]
+        return self.from_hidden(hidden, x_edge)
+
+    def from_hidden(self, hidden: list[torch.Tensor], x_edge: torch.Tensor) -> torch.Tensor:
+        """The block after its input maps: ``hidden`` = [in(x_0) [E, 1, H]] + [in_proj(x_m)
+        [E, 2, 2H] for m = 1..mmax] -> ``[E, K_M, C]`` (gates, output maps, complex combine)."""
+        num_edges = x_edge.shape[0]
+        y0 = self.m0_out(hidden[0][:, 0] * self.act(self.edge_m0(x_edge)))
+        out = [y0.view(num_edges, -1, self.sphere_channels)]
+        for h, conv in zip(hidden[1:], self.orders):
+            out.append(conv.from_hidden(h, x_edge).reshape(num_edges, -1, self.sphere_channels))
         return torch.cat(out, dim=1)  # [E, K_M, C]
+
+    def from_nodes(
+        self,
+        x: torch.Tensor,
+        wigner: torch.Tensor,
+        groups: NodeGroups,
+        x_edge: torch.Tensor,
+        scalar_input: bool = False,
+    ) -> torch.Tensor:
+        """The block on node coefficients ``x [N, K, C]`` seen from each edge's node
+        ``groups.index``: rotate ``x[index]`` into the edge frame with the dense
+        ``W [E, K_M, K]`` (from the block-sparse ``wigner [E, nnz]``), then :meth:`forward`.
+        ``scalar_input`` (x non-zero on l = 0 only) is a hint this path does not use."""
+        num_edges = wigner.shape[0]
+        size = self.layout.num_m_major * self.layout.num_full
+        dense = wigner.new_zeros(num_edges, size).index_copy(1, self.dense_index, wigner)
+        dense = dense.view(num_edges, self.layout.num_m_major, self.layout.num_full)
+        return self(torch.bmm(dense, x[groups.index]), x_edge)
 
 
 class SO2OrderConvolution(nn.Module):
@@ -140,8 +175,12 @@ class SO2OrderConvolution(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, xm: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
+        return self.from_hidden(self.in_proj(xm), x_edge)
+
+    def from_hidden(self, hidden: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
+        """``hidden = in_proj(x_m) [E, 2, 2H]`` -> ``[E, 2, F]``."""
         gate = self.act(self.edge_gate(x_edge)).unsqueeze(1)  # [E, 1, 2H]
-        hidden = self.in_proj(xm) * gate  # [E, 2, 2H]: (+m, -m) x (real, imag)
+        hidden = hidden * gate  # [E, 2, 2H]: (+m, -m) x (real, imag)
         hidden_r, hidden_i = hidden.chunk(2, dim=-1)
         return complex_combine(self.out_r(hidden_r), self.out_i(hidden_i))  # [E, 2, F]
 
@@ -165,3 +204,99 @@ class ExplicitSO2Convolution(SO2Convolution):
             w_i = torch.einsum("oh,eh,hi->eoi", conv.out_i.weight, gate[:, h:], w_in[h:])
             weights.append((w_r, w_i))
         return so2_linear(x, self.layout, weights)
+
+
+@SO2_IMPLEMENTATIONS.register("factored")
+class FactoredSO2Convolution(SO2Convolution):
+    """The same block (same parameters), with its input maps applied per node, before
+    rotating: the model's default.
+
+    The input map of order m acts on channels and degree, the rotation on m only, so for
+    the +-m rows of edge e seen from node n (``W_m`` [H', n_m, C]: ``m0_in`` or ``in_proj``)
+
+        in_m(W_e x_n)[s, h] = sum_k D_e[(s m, l_k), k] z_m[n, k, h],
+        z_m[n, k, h]        = sum_c W_m[h, l_k - m, c] x[n, k, c]           (per node)
+
+    over the columns k with l_k >= m. The per-node z_m costs N K H' C instead of
+    E n_m H' C per side, and the per-edge sum is one bmm per order over nodes with the
+    edges in per-node slots (:mod:`escn_plugin.nn.edge_groups`): no [E, K, C] gather,
+    no rotation into the edge frame. Exactly the SO(2) block of :class:`SO2Convolution`
+    on ``W_e x[index]`` (up to rounding).
+
+    With ``scalar_input`` (x non-zero on l = 0 only, as in the first layer) the orders
+    m > 0 see zero inputs, so their outputs are exactly 0 and are not computed.
+    """
+
+    def __init__(
+        self,
+        layout: CoefficientLayout,
+        sphere_channels: int,
+        hidden_channels: int,
+        edge_channels: int,
+    ) -> None:
+        super().__init__(layout, sphere_channels, hidden_channels, edge_channels)
+        blocks = WignerBlockLayout(layout)
+        self.order_storage: list[tuple[int, int, int]] = []  # (offset, rows, columns)
+        for m in range(layout.mmax + 1):
+            offset, rows, columns, position = blocks.group(m)
+            self.order_storage.append((offset, rows, len(columns)))
+            self.register_buffer(f"columns_{m}", torch.tensor(columns), persistent=False)
+            self.register_buffer(f"position_{m}", torch.tensor(position), persistent=False)
+        # first layer: the l = 0 columns of the m = 0 rows (one per resolution)
+        offset, _, columns, _ = blocks.group(0)
+        degree = [layout.full[k].l for k in columns]
+        scalar = [j for j, l in enumerate(degree) if l == 0]
+        self.register_buffer("scalar_pick", torch.tensor(scalar), persistent=False)
+        self.register_buffer(
+            "scalar_columns", torch.tensor([columns[j] for j in scalar]), persistent=False
+        )
+
+    def _input_weight(self, m: int) -> torch.Tensor:
+        """``[H', n_m, C]`` input map of order m (H' = H for m = 0, 2H otherwise)."""
+        weight = self.m0_in.weight if m == 0 else self.orders[m - 1].in_proj.weight
+        return weight.view(weight.shape[0], -1, self.sphere_channels)
+
+    def from_nodes(
+        self,
+        x: torch.Tensor,
+        wigner: torch.Tensor,
+        groups: NodeGroups,
+        x_edge: torch.Tensor,
+        scalar_input: bool = False,
+    ) -> torch.Tensor:
+        """``x [N, K, C]``, ``wigner [E, nnz]`` -> ``[E, K_M, C]``, the block applied to
+        each edge's node ``groups.index``, in the edge frame."""
+        num_nodes, width = groups.slots.shape
+        num_edges = wigner.shape[0]
+        wigner = pad(wigner, groups)  # [N*W, nnz]
+        hidden = []
+        for m, (offset, rows, size) in enumerate(self.order_storage):
+            weight = self._input_weight(m)
+            columns, position = getattr(self, f"columns_{m}"), getattr(self, f"position_{m}")
+            rot = wigner[:, offset : offset + rows * size]  # [N*W, rows * size]
+            if scalar_input:
+                if m > 0:
+                    break
+                # only the l = 0 columns of x are non-zero (D^0 = 1 per entry)
+                columns, position = self.scalar_columns, position[self.scalar_pick]
+                rot, size = rot[:, self.scalar_pick], self.scalar_pick.shape[0]
+            weight = weight.index_select(1, position)  # [H', size, C]
+            z = torch.einsum("njc,hjc->njh", x.index_select(1, columns), weight)  # [N, size, H']
+            rot = rot.reshape(num_nodes, width * rows, size)
+            per_slot = torch.bmm(rot, z).view(num_nodes * width, rows, -1)  # [N*W, rows, H']
+            hidden.append(unpad(per_slot, groups))  # [E, rows, H']
+        num_rest = self.layout.num_m_major - self.layout.m_size[0]
+        if not scalar_input or num_rest == 0:
+            return self.from_hidden(hidden, x_edge)
+        return torch.cat((self.from_hidden(hidden, x_edge), self._zeros(num_edges, num_rest)), 1)
+
+    def _zeros(self, num_edges: int, num_coefficients: int) -> torch.Tensor:
+        """``[E, n, C]`` exact zeros: the outputs of the orders m > 0 on zero inputs.
+
+        They stay attached to those orders' parameters with their true gradient, 0:
+        DDP (no ``find_unused_parameters`` in fairchem) needs every parameter to get a
+        gradient, as it does when the orders are computed on zeros.
+        """
+        anchor = sum(p.sum() for p in self.orders.parameters()) * 0.0
+        zeros = anchor.new_zeros(num_edges, num_coefficients, self.sphere_channels)
+        return zeros + anchor

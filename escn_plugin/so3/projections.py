@@ -47,9 +47,12 @@ class EdgeGridActivation(nn.Module):
         self.register_buffer("to_grid", torch.cat(to_blocks), persistent=False)  # [G, K_M]
         self.register_buffer("from_grid", torch.cat(from_blocks), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [E, K_M, C]`` -> ``[E, K_M, C]``; with ``rows`` ([R] m-major indices) only
+        those output rows, in that order: ``[E, R, C]`` (a free reordering)."""
         grid = torch.matmul(self.to_grid.to(x.dtype), x)  # [E, G, C]
-        return torch.matmul(self.from_grid.to(x.dtype).T, self.act(grid))  # [E, K_M, C]
+        from_grid = self.from_grid if rows is None else self.from_grid[:, rows]
+        return torch.matmul(from_grid.to(x.dtype).T, self.act(grid))  # [E, K_M, C]
 
 
 class SphereSampler(nn.Module):

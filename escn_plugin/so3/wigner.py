@@ -20,6 +20,13 @@ contraction; the per-l blocks are separated by a precomputed mask.
 :func:`wigner_d` returns the block-diagonal matrix over l = 0..lmax; :class:`WignerD` is the
 module that holds the constants as buffers and can also emit any subset of rows (for
 example the m-major, |m| <= mmax rows that rotate an embedding into the edge frame).
+
+:class:`WignerRows` is the fast path for eSCN's edge rotations: only the rows |m| <= mmax
+of each block are needed, and row m of D^l is ``Y^l_m(R P) B_l``, so only the harmonics
+with |m| <= mmax are evaluated (``Y^l_{+-m} ~ Q^m_l(y) Re/Im (z + i x)^m`` with the
+associated-Legendre polynomials Q^m_l by their three-term recurrence), and each degree
+is contracted with its own B_l: O(L M N) work per rotation instead of e3nn's all-m
+harmonics and an all-column contraction.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from functools import cache
 import torch
 from e3nn import o3
 
-__all__ = ["MAX_LMAX", "WignerD", "wigner_d", "fibonacci_sphere"]
+__all__ = ["MAX_LMAX", "WignerD", "WignerRows", "wigner_d", "fibonacci_sphere"]
 
 MAX_LMAX = 11
 
@@ -99,6 +106,97 @@ class WignerD(torch.nn.Module):
         sh_rows = sh[..., self.rows]  # [..., N, R]
         out = torch.einsum("...nr,nk->...rk", sh_rows, self.right_inverse.to(dtype))
         return out * self.mask.to(dtype)  # [..., R, K]
+
+
+def _legendre_trig_products(
+    x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rows: list[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Unnormalised real harmonics ``Q^{|m|}_l(y) * (Re | 1 | Im)(z + i x)^{|m|}`` for each
+    (l, m) in ``rows`` (m > 0: real part, m < 0: imaginary part), on unit vectors.
+
+    ``Q^m_l`` is d^m P_l / dy^m up to a constant (Q^m_m = 1), by the recurrence
+    ``(l - m) Q^m_l = (2l - 1) y Q^m_{l-1} - (l + m - 1) Q^m_{l-2}``.
+    """
+    lmax = max(l for l, _ in rows)
+    mmax = max(abs(m) for _, m in rows)
+    legendre: dict[tuple[int, int], torch.Tensor] = {}
+    for m in range(mmax + 1):
+        legendre[(m, m)] = torch.ones_like(y)
+        if m + 1 <= lmax:
+            legendre[(m + 1, m)] = (2 * m + 1) * y
+        for l in range(m + 2, lmax + 1):
+            q = (2 * l - 1) * y * legendre[(l - 1, m)] - (l + m - 1) * legendre[(l - 2, m)]
+            legendre[(l, m)] = q / (l - m)
+    real, imag = [torch.ones_like(y)], [torch.zeros_like(y)]
+    for _ in range(mmax):  # (z + i x)^m, one complex product per order
+        real, imag = real + [real[-1] * z - imag[-1] * x], imag + [imag[-1] * z + real[-1] * x]
+    out = []
+    for l, m in rows:
+        q = legendre[(l, abs(m))]
+        out.append(q if m == 0 else q * (real[m] if m > 0 else imag[-m]))
+    return out
+
+
+class WignerRows(torch.nn.Module):
+    """Entries ``D^l_{m, m'}(rot)`` with |m| <= mmax only, each degree on its own.
+
+    Args:
+        lmax, mmax: maximum degree and order of the rows.
+        entries: the (l, m, m') to return, in output order; default every entry with
+            |m| <= min(l, mmax), ordered by l, m, m'.
+
+    ``forward(rot [..., 3, 3]) -> [..., len(entries)]``, equal to the matching entries of
+    :class:`WignerD` (same polynomial construction, same sampling points).
+    """
+
+    def __init__(
+        self, lmax: int, mmax: int, entries: list[tuple[int, int, int]] | None = None
+    ) -> None:
+        super().__init__()
+        if not 0 <= mmax <= lmax <= MAX_LMAX:
+            raise ValueError(f"need 0 <= mmax <= lmax <= {MAX_LMAX}, got lmax={lmax}, mmax={mmax}")
+        self.lmax, self.mmax = lmax, mmax
+        # rows (l, m) of the blocks, and each row's harmonic normalised to e3nn's
+        self.rows = [(l, m) for l in range(lmax + 1) for m in range(-min(l, mmax), min(l, mmax) + 1)]
+        if entries is None:
+            entries = [(l, m, k) for l, m in self.rows for k in range(-l, l + 1)]
+        row_of = {lm: j for j, lm in enumerate(self.rows)}
+        width = 2 * lmax + 1
+        for l, m, k in entries:
+            if (l, m) not in row_of or abs(k) > l:
+                raise ValueError(f"entry (l={l}, m={m}, m'={k}) is not in the rows |m| <= {mmax}")
+        gather = [row_of[(l, m)] * width + k + l for l, m, k in entries]
+        points, right_inverse = _right_inverses(lmax)
+        check = fibonacci_sphere(97)
+        ours = _legendre_trig_products(check[:, 0], check[:, 1], check[:, 2], self.rows)
+        e3nn_sh = o3.spherical_harmonics(list(range(lmax + 1)), check, normalize=False)
+        scale = []
+        for (l, m), f in zip(self.rows, ours):
+            target = e3nn_sh[:, l * l + l + m]
+            s = (f * target).sum() / (f * f).sum()
+            if (s * f - target).abs().max() > 1e-9 * target.abs().max():
+                raise RuntimeError(f"harmonic (l={l}, m={m}) is not proportional to e3nn's")
+            scale.append(s)
+        # B_l per row, zero-padded to 2 lmax + 1 columns: [J, N, 2 lmax + 1]
+        blocks = torch.zeros(len(self.rows), points.shape[0], width, dtype=torch.float64)
+        for j, (l, _) in enumerate(self.rows):
+            blocks[j, :, : 2 * l + 1] = right_inverse[:, l * l : (l + 1) ** 2]
+        self.register_buffer("points", points, persistent=False)  # [N, 3]
+        self.register_buffer("scale", torch.stack(scale), persistent=False)  # [J]
+        self.register_buffer("blocks", blocks, persistent=False)  # [J, N, 2L+1]
+        self.register_buffer("gather", torch.tensor(gather), persistent=False)  # [entries]
+
+    def forward(self, rot: torch.Tensor) -> torch.Tensor:
+        batch = rot.shape[:-2]
+        rot = rot.reshape(-1, 3, 3)
+        dtype = rot.dtype
+        rotated = torch.matmul(rot, self.points.to(dtype).T)  # [E, 3, N]: R p_n
+        x, y, z = rotated.unbind(1)  # [E, N] each
+        harmonics = torch.stack(_legendre_trig_products(x, y, z, self.rows))  # [J, E, N]
+        harmonics = harmonics * self.scale.to(dtype).view(-1, 1, 1)
+        rows = torch.bmm(harmonics, self.blocks.to(dtype))  # [J, E, 2L+1]: rows of D^l
+        rows = rows.transpose(0, 1).reshape(rot.shape[0], -1)  # [E, J (2L+1)]
+        return rows.index_select(1, self.gather).view(*batch, -1)
 
 
 @cache
