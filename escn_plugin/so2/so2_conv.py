@@ -268,12 +268,13 @@ class FactoredSO2Convolution(SO2Convolution):
         each edge's node ``groups.index``, in the edge frame."""
         num_nodes, width = groups.slots.shape
         num_edges = wigner.shape[0]
-        wigner = pad(wigner, groups)  # [N*W, nnz]
+        # the rows of each order, [N*W, rows * size] (split: its backward is one cat)
+        rot_orders = pad(wigner, groups).split([r * n for _, r, n in self.order_storage], dim=1)
         hidden = []
-        for m, (offset, rows, size) in enumerate(self.order_storage):
+        for m, (_, rows, size) in enumerate(self.order_storage):
             weight = self._input_weight(m)
             columns, position = getattr(self, f"columns_{m}"), getattr(self, f"position_{m}")
-            rot = wigner[:, offset : offset + rows * size]  # [N*W, rows * size]
+            rot = rot_orders[m]
             if scalar_input:
                 if m > 0:
                     break
