@@ -113,8 +113,9 @@ class MessageBlock(nn.Module):
         source, target = edge_index
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
         wigner, scalar = edges.wigner, self.scalar_input
-        y = self.so2_source.from_nodes(x, wigner, edges.source, x_edge, scalar)
-        y = y + self.so2_target.from_nodes(x, wigner, edges.target, x_edge, scalar)
+        y = self.so2_source.pair_from_nodes(
+            self.so2_target, x, wigner, edges.source, edges.target, x_edge, scalar
+        )  # [E, K_M, C]: source block + target block
         rows = self.rotate_back.rows
         if self.recompute_grid and torch.is_grad_enabled():
             y = checkpoint(self.grid_act, y, rows, use_reentrant=False)

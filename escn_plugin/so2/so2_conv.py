@@ -157,6 +157,21 @@ class SO2Convolution(nn.Module):
         dense = dense.view(num_edges, self.layout.num_m_major, self.layout.num_full)
         return self(torch.bmm(dense, x[groups.index]), x_edge)
 
+    def pair_from_nodes(
+        self,
+        other: SO2Convolution,
+        x: torch.Tensor,
+        wigner: torch.Tensor,
+        groups: NodeGroups,
+        other_groups: NodeGroups,
+        x_edge: torch.Tensor,
+        scalar_input: bool = False,
+    ) -> torch.Tensor:
+        """``self`` on the ``groups`` side plus ``other`` on the ``other_groups`` side
+        (the source and target blocks of a message): ``[E, K_M, C]``."""
+        y = self.from_nodes(x, wigner, groups, x_edge, scalar_input)
+        return y + other.from_nodes(x, wigner, other_groups, x_edge, scalar_input)
+
 
 class SO2OrderConvolution(nn.Module):
     """The complex-weighted map for one order m > 0: ``[E, 2, F] -> [E, 2, F]``.
@@ -256,18 +271,17 @@ class FactoredSO2Convolution(SO2Convolution):
         weight = self.m0_in.weight if m == 0 else self.orders[m - 1].in_proj.weight
         return weight.view(weight.shape[0], -1, self.sphere_channels)
 
-    def from_nodes(
+    def hidden_from_nodes(
         self,
         x: torch.Tensor,
         wigner: torch.Tensor,
         groups: NodeGroups,
-        x_edge: torch.Tensor,
         scalar_input: bool = False,
-    ) -> torch.Tensor:
-        """``x [N, K, C]``, ``wigner [E, nnz]`` -> ``[E, K_M, C]``, the block applied to
-        each edge's node ``groups.index``, in the edge frame."""
+    ) -> list[torch.Tensor]:
+        """The input maps of every order on each edge's node ``groups.index`` in the edge
+        frame: ``[in(x_0) [E, 1, H]] + [in_proj(x_m) [E, 2, 2H]]`` (only m = 0 with
+        ``scalar_input``)."""
         num_nodes, width = groups.slots.shape
-        num_edges = wigner.shape[0]
         # the rows of each order, [N*W, rows * size] (split: its backward is one cat)
         rot_orders = pad(wigner, groups).split([r * n for _, r, n in self.order_storage], dim=1)
         hidden = []
@@ -286,10 +300,71 @@ class FactoredSO2Convolution(SO2Convolution):
             rot = rot.reshape(num_nodes, width * rows, size)
             per_slot = torch.bmm(rot, z).view(num_nodes * width, rows, -1)  # [N*W, rows, H']
             hidden.append(unpad(per_slot, groups))  # [E, rows, H']
-        num_rest = self.layout.num_m_major - self.layout.m_size[0]
-        if not scalar_input or num_rest == 0:
-            return self.from_hidden(hidden, x_edge)
-        return torch.cat((self.from_hidden(hidden, x_edge), self._zeros(num_edges, num_rest)), 1)
+        return hidden
+
+    def from_nodes(
+        self,
+        x: torch.Tensor,
+        wigner: torch.Tensor,
+        groups: NodeGroups,
+        x_edge: torch.Tensor,
+        scalar_input: bool = False,
+    ) -> torch.Tensor:
+        """``x [N, K, C]``, ``wigner [E, nnz]`` -> ``[E, K_M, C]``, the block applied to
+        each edge's node ``groups.index``, in the edge frame."""
+        hidden = self.hidden_from_nodes(x, wigner, groups, scalar_input)
+        out = self.from_hidden(hidden, x_edge)
+        num_rest = self.layout.num_m_major - out.shape[1]
+        if num_rest == 0:
+            return out
+        return torch.cat((out, self._zeros(x_edge.shape[0], num_rest)), 1)
+
+    def pair_from_nodes(
+        self,
+        other: SO2Convolution,
+        x: torch.Tensor,
+        wigner: torch.Tensor,
+        groups: NodeGroups,
+        other_groups: NodeGroups,
+        x_edge: torch.Tensor,
+        scalar_input: bool = False,
+    ) -> torch.Tensor:
+        """This block on the ``groups`` side plus ``other`` on the ``other_groups`` side.
+
+        With two factored blocks the output maps of both blocks and of the real and
+        imaginary parts run as one matmul per order:
+        ``y_m = [h_r, flip(h_i) * (-1, +1), h_r', flip(h_i') * (-1, +1)] [W_r W_i W_r' W_i']^T``
+        (the complex combination of :func:`complex_combine` moved onto the hidden side).
+        """
+        if not isinstance(other, FactoredSO2Convolution):
+            return super().pair_from_nodes(
+                other, x, wigner, groups, other_groups, x_edge, scalar_input
+            )
+        blocks = (self, other)
+        hiddens = [
+            b.hidden_from_nodes(x, wigner, g, scalar_input)
+            for b, g in zip(blocks, (groups, other_groups))
+        ]
+        num_edges, channels = x_edge.shape[0], self.sphere_channels
+        gated = [h[0][:, 0] * b.act(b.edge_m0(x_edge)) for b, h in zip(blocks, hiddens)]
+        weight = torch.cat([b.m0_out.weight for b in blocks], dim=1)  # [n_0 C, 2H]
+        out = [torch.matmul(torch.cat(gated, dim=-1), weight.T).view(num_edges, -1, channels)]
+        sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 2, 1)
+        for m in range(1, len(hiddens[0])):
+            parts, weights = [], []
+            for b, h in zip(blocks, hiddens):
+                conv = b.orders[m - 1]
+                gate = conv.act(conv.edge_gate(x_edge)).unsqueeze(1)  # [E, 1, 2H]
+                hidden_r, hidden_i = (h[m] * gate).chunk(2, dim=-1)  # [E, 2, H] each
+                parts += [hidden_r, hidden_i.flip(1) * sign]
+                weights += [conv.out_r.weight, conv.out_i.weight]
+            y = torch.matmul(torch.cat(parts, dim=-1), torch.cat(weights, dim=1).T)  # [E, 2, F]
+            out.append(y.reshape(num_edges, -1, channels))
+        num_rest = self.layout.num_m_major - sum(o.shape[1] for o in out)
+        if num_rest > 0:  # scalar input: the orders m > 0 are exactly zero
+            zeros = self._zeros(num_edges, num_rest) + other._zeros(num_edges, num_rest)
+            out.append(zeros)
+        return torch.cat(out, dim=1)  # [E, K_M, C]
 
     def _zeros(self, num_edges: int, num_coefficients: int) -> torch.Tensor:
         """``[E, n, C]`` exact zeros: the outputs of the orders m > 0 on zero inputs.
