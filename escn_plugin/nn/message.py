@@ -51,16 +51,16 @@ class RotateBackSum(nn.Module):
         num_nodes, width = groups.slots.shape
         channels = y.shape[-1]
         wigner = pad(wigner.index_select(1, self.entries), groups)  # [N*W, nnz] per block
-        y = pad(y.transpose(1, 2), groups).view(num_nodes, width, channels, -1)  # [N, W, C, K_M]
+        y = pad(y, groups).view(num_nodes, width, -1, channels)  # [N, W, K_M, C]
         # split (not slicing): its backward is one cat, a slice's zero-fills the whole input
         d_blocks = wigner.split([rows * cols for rows, cols in self.block_shapes], dim=1)
-        y_blocks = y.split([rows for rows, _ in self.block_shapes], dim=3)
+        y_blocks = y.split([rows for rows, _ in self.block_shapes], dim=2)
         out = []
         for (num_rows, num_cols), d, y_l in zip(self.block_shapes, d_blocks, y_blocks):
             d = d.reshape(num_nodes, width * num_rows, num_cols)  # [N, W r_l, 2l+1]
-            y_l = y_l.permute(0, 2, 1, 3).reshape(num_nodes, channels, width * num_rows)
-            out.append(torch.bmm(y_l, d))  # [N, C, 2l+1]
-        return torch.cat(out, dim=2).transpose(1, 2).contiguous()  # [N, K, C], l-major
+            y_l = y_l.reshape(num_nodes, width * num_rows, channels)  # [N, W r_l, C]
+            out.append(torch.bmm(d.transpose(1, 2), y_l))  # [N, 2l+1, C]
+        return torch.cat(out, dim=1)  # [N, K, C], full l-major layout
 
 
 class MessageBlock(nn.Module):

@@ -51,17 +51,12 @@ class EdgeGridActivation(nn.Module):
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``x [E, K_M, C]`` -> ``[E, K_M, C]``; with ``rows`` ([R] m-major indices) only
         those output rows, in that order: ``[E, R, C]`` (a free reordering)."""
-        num_edges, num_coefficients, channels = x.shape
         from_grid = self.from_grid if rows is None else self.from_grid[:, rows]
         if isinstance(self.act, nn.SiLU) and not torch.compiler.is_compiling():
             # chunked, grid recomputed in the backward (eager; inductor fuses on its own)
-            return grid_silu(x, self.to_grid, from_grid).transpose(1, 2)  # [E, R, C]
-        # channels-major rows [E C, K_M]: both maps become one large matmul each (a
-        # batched [G, K_M] x [K_M, C] per edge runs at a fraction of the matmul speed)
-        x = x.transpose(1, 2).reshape(num_edges * channels, num_coefficients)
-        grid = self.act(torch.matmul(x, self.to_grid.to(x.dtype).T))  # [E C, G]
-        out = torch.matmul(grid, from_grid.to(x.dtype))  # [E C, R]
-        return out.view(num_edges, channels, -1).transpose(1, 2)  # [E, R, C] (a view)
+            return grid_silu(x, self.to_grid, from_grid)  # [E, R, C]
+        grid = torch.matmul(self.to_grid.to(x.dtype), x)  # [E, G, C]
+        return torch.matmul(from_grid.to(x.dtype).T, self.act(grid))  # [E, R, C]
 
 
 class SphereSampler(nn.Module):
