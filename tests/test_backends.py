@@ -11,6 +11,7 @@ import escn_plugin.so3  # noqa: F401  (registers rotation backends)
 from escn_plugin.backends import ROTATION_BACKENDS, SO2_IMPLEMENTATIONS, Registry
 from escn_plugin.so2 import SO2Convolution
 from escn_plugin.so3 import CoefficientLayout, EdgeRotation, EulerEdgeRotation
+from escn_plugin.so3.layout import WignerBlockLayout
 
 F64 = torch.float64
 
@@ -56,10 +57,14 @@ def test_euler_matches_polynomial_on_generic_edges(lmax_list, mmax_list) -> None
     layout = CoefficientLayout(lmax_list, mmax_list)
     gen = torch.Generator().manual_seed(0)
     vectors = torch.randn(16, 3, dtype=F64, generator=gen) * 2.0
-    polynomial = ROTATION_BACKENDS.build("polynomial", layout)(vectors)
+    polynomial_backend = ROTATION_BACKENDS.build("polynomial", layout)
+    polynomial = polynomial_backend(vectors)  # [E, nnz] block-sparse entries
     euler = ROTATION_BACKENDS.build("euler", layout)(vectors)
-    assert polynomial.shape == euler.shape == (16, layout.num_m_major, layout.num_full)
+    assert polynomial.shape == euler.shape == (16, WignerBlockLayout(layout).nnz)
     assert (polynomial - euler).abs().max() <= 1e-9
+    dense = polynomial_backend.to_dense(polynomial)
+    assert dense.shape == (16, layout.num_m_major, layout.num_full)
+    assert torch.count_nonzero(dense) == polynomial.count_nonzero()
 
 
 def test_euler_backend_keeps_float32() -> None:

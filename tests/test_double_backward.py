@@ -35,7 +35,7 @@ def test_force_loss_parameter_gradient_matches_finite_difference(float64_default
     params = list(model.parameters())
     loss = _force_loss(model, batch)
     grads = torch.autograd.grad(loss, params)
-    assert loss.item() > 1e-8
+    assert loss.item() > 1e-14  # energies carry the reference's 0.001 scale
     assert all(torch.isfinite(g).all() for g in grads)  # and none is None: all take part
 
     gen = torch.Generator().manual_seed(1)

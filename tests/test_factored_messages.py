@@ -47,7 +47,7 @@ def test_factored_block_equals_edge_by_edge_block(lmax_list, mmax_list, scalar_i
         expected = oracle.from_nodes(x, wigner, groups, x_edge)
         out = factored.from_nodes(x, wigner, groups, x_edge, scalar_input)
         assert expected.abs().max() > 1e-3
-        torch.testing.assert_close(out, expected, rtol=0, atol=1e-10 * expected.abs().max())
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-10 * expected.abs().max().item())
 
 
 @pytest.mark.parametrize(("lmax_list", "mmax_list"), LAYOUTS)
