@@ -100,9 +100,7 @@ def report(machine: dict, results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser)
-    parser.add_argument(
-        "--configs", nargs="+", default=["L6-M2"], choices=list(common.CONFIGS)
-    )
+    parser.add_argument("--configs", nargs="+", default=["L6-M2"], choices=list(common.CONFIGS))
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--systems", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)

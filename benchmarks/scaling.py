@@ -36,14 +36,18 @@ def sweep_atoms(args) -> dict:
     timing = common.interleaved_medians(fns, args.repeats, device, warmup=1)
     rows = []
     for n, b in batches.items():
-        rows.append(
-            dict(
-                systems=n,
-                atoms=int(b.natoms.sum()),
-                edges=common.count_edges(model, b),
-                **{k: v for k, v in timing[n].items()},
-            )
+        row = dict(
+            systems=n,
+            atoms=int(b.natoms.sum()),
+            edges=common.count_edges(model, b),
+            **{k: v for k, v in timing[n].items()},
         )
+        if args.memory:  # tensors' peak of one more forward+backward (CPU: profiler)
+            if device.startswith("cuda"):
+                row["peak_mib"] = common.peak_memory_mib(fns[n], device)["peak_increase_mib"]
+            else:
+                row["peak_mib"] = common.peak_live_tensors_mib(fns[n])
+        rows.append(row)
     return dict(layers=args.layers, rows=rows)
 
 
@@ -96,16 +100,20 @@ def report(args, machine: dict, results: dict) -> str:
             f"### vs graph size: L6-M2, C=128, H=256, **{r['layers']} layers**, batches of "
             f"fcc(111) {'x'.join(map(str, args.size))} slabs + adsorbate",
             "",
-            "| systems | atoms | edges | repeats | fwd+bwd | per edge | time / first time | "
-            "edges / first edges |",
-            "|---|---|---|---|---|---|---|---|",
+            "| systems | atoms | edges | repeats | fwd+bwd | per atom | per edge | "
+            "time / first time | edges / first edges | peak tensors fwd+bwd | per atom |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in r["rows"]:
+            peak = row.get("peak_mib")
+            memory = f"{peak:.0f} MiB | {peak * 1024 / row['atoms']:.0f} KiB" if peak else "– | –"
             lines.append(
                 f"| {row['systems']} | {row['atoms']} | {row['edges']} | {row['n']} | "
                 f"{common.fmt_time(row['median'])} | "
+                f"{common.fmt_time(row['median'] / row['atoms'])} | "
                 f"{common.fmt_time(row['median'] / row['edges'])} | "
-                f"{row['median'] / first['median']:.2f} | {row['edges'] / first['edges']:.2f} |"
+                f"{row['median'] / first['median']:.2f} | {row['edges'] / first['edges']:.2f} | "
+                f"{memory} |"
             )
     if "lmax" in results:
         r = results["lmax"]
@@ -190,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lmax", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8])
     parser.add_argument("--mmax", type=int, default=2)
     parser.add_argument("--lmax-systems", type=int, help="systems in the batch for 'lmax'")
+    parser.add_argument(
+        "--memory", action="store_true", help="'atoms': also the peak memory of each batch"
+    )
     parser.add_argument("--repeats", type=int, help="timed repeats (default 3, cuda 10)")
     parser.add_argument("--quick", action="store_true", help="1 layer, small sweeps, 2 repeats")
     parser.add_argument(

@@ -13,8 +13,7 @@ import torch
 from e3nn import o3
 
 from escn_plugin.so3 import MAX_LMAX, WignerD, wigner_d
-from escn_plugin.so3.wigner import WignerRows
-from escn_plugin.so3.wigner import _right_inverses, _sampling_points
+from escn_plugin.so3.wigner import WignerRows, _right_inverses, _sampling_points
 
 F64 = torch.float64
 

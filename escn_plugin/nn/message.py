@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.backends import SO2_IMPLEMENTATIONS
 from escn_plugin.nn.edge_features import EdgeFeatures
@@ -69,8 +68,6 @@ class MessageBlock(nn.Module):
     ``grid_act`` is the point-wise SiLU on the edge-frame S2 grid (shared, no weights).
     ``scalar_input``: x is non-zero on l = 0 only (the first layer); lets the SO(2) blocks
     skip the orders m > 0, whose inputs are then exactly zero.
-    ``recompute_grid``: in training, keep only the grid activation's [E, K_M, C] input
-    and recompute the [E, G, C] grid values in the backward (less memory, a bit more time).
     """
 
     def __init__(
@@ -84,12 +81,10 @@ class MessageBlock(nn.Module):
         grid_act: EdgeGridActivation,
         so2_impl: str = "factored",
         scalar_input: bool = False,
-        recompute_grid: bool = False,
     ) -> None:
         super().__init__()
         self.sphere_channels = sphere_channels
         self.scalar_input = scalar_input
-        self.recompute_grid = recompute_grid
         self.edge_features = EdgeFeatures(num_basis, edge_channels, max_num_elements)
         so2_args = (layout, sphere_channels, hidden_channels, edge_channels)
         self.so2_source = SO2_IMPLEMENTATIONS.build(so2_impl, *so2_args)
@@ -116,11 +111,9 @@ class MessageBlock(nn.Module):
         y = self.so2_source.pair_from_nodes(
             self.so2_target, x, wigner, edges.source, edges.target, x_edge, scalar
         )  # [E, K_M, C]: source block + target block
-        rows = self.rotate_back.rows
-        if self.recompute_grid and torch.is_grad_enabled():
-            y = checkpoint(self.grid_act, y, rows, use_reentrant=False)
-        else:
-            y = self.grid_act(y, rows)  # [E, K_M, C], rows grouped per degree
+        # [E, K_M, C], rows grouped per degree; the [E, G, C] grid values are recomputed
+        # in the backward (escn_plugin.so3.grid_silu), not kept
+        y = self.grid_act(y, self.rotate_back.rows)
         if edge_weight is not None:
             y = y * edge_weight.view(-1, 1, 1)
         return self.rotate_back(wigner, y, edges.target)

@@ -157,7 +157,9 @@ class WignerRows(torch.nn.Module):
             raise ValueError(f"need 0 <= mmax <= lmax <= {MAX_LMAX}, got lmax={lmax}, mmax={mmax}")
         self.lmax, self.mmax = lmax, mmax
         # rows (l, m) of the blocks, and each row's harmonic normalised to e3nn's
-        self.rows = [(l, m) for l in range(lmax + 1) for m in range(-min(l, mmax), min(l, mmax) + 1)]
+        self.rows = [
+            (l, m) for l in range(lmax + 1) for m in range(-min(l, mmax), min(l, mmax) + 1)
+        ]
         if entries is None:
             entries = [(l, m, k) for l, m in self.rows for k in range(-l, l + 1)]
         row_of = {lm: j for j, lm in enumerate(self.rows)}
