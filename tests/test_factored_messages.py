@@ -70,6 +70,7 @@ def test_edges_are_grouped_in_order_with_padding():
     groups = group_by_node(index, 4)
     assert groups.slots.shape == (4, 3)  # node 2 has the most edges (3); node 3 has none
     assert groups.slot.tolist() == [6, 0, 7, 8, 3]
+    assert groups.slots.tolist() == [[1, 5, 5], [4, 5, 5], [0, 2, 3], [5, 5, 5]]  # 5 = empty
     empty = group_by_node(torch.zeros(0, dtype=torch.long), 3)
     assert empty.slots.shape == (3, 0)
 

@@ -5,8 +5,9 @@ its nodes (the factored SO(2) input maps) and sums over the edges of a node (rot
 and aggregating). Both become one ``bmm`` over nodes once the edges are laid out in
 per-node slots::
 
-    slots [N, W]: the edges of node n in slots n*W .. n*W + count(n) - 1, zero padding after
-    pad(t [E, ...])     -> [N*W, ...]   (zeros in empty slots; backward: a gather)
+    slots [N, W]: the edges of node n in slots n*W .. n*W + count(n) - 1, padding after
+    pad(t [E, ...])     -> [N*W, ...]   (zeros in empty slots; a gather: its backward keeps
+                                         only the index, index_copy's would keep t)
     unpad(t [N*W, ...]) -> [E, ...]     (a gather; backward: a scatter of disjoint rows)
 
 W is the largest number of edges of one node (about ``max_neighbors``): the padding
@@ -29,7 +30,7 @@ class NodeGroups(NamedTuple):
 
     index: torch.Tensor  # [E] the node of each edge (source or target)
     slot: torch.Tensor  # [E] flat slot n * W + position of each edge
-    slots: torch.Tensor  # [N, W] (values unused: its shape carries N and W)
+    slots: torch.Tensor  # [N, W] the edge in each slot, E for an empty slot
 
 
 class MessageEdges(NamedTuple):
@@ -50,8 +51,9 @@ def group_by_node(index: torch.Tensor, num_nodes: int) -> NodeGroups:
     position = torch.arange(index.shape[0], device=index.device) - starts[sorted_index]
     slot = torch.empty_like(order)
     slot[order] = sorted_index * width + position
-    slots = torch.empty(num_nodes, width, dtype=torch.bool, device=index.device)
-    return NodeGroups(index, slot, slots)
+    slots = torch.full((num_nodes * width,), index.shape[0], device=index.device)
+    slots[slot] = torch.arange(index.shape[0], device=index.device)
+    return NodeGroups(index, slot, slots.view(num_nodes, width))
 
 
 def message_edges(wigner: torch.Tensor, edge_index: torch.Tensor, num_nodes: int) -> MessageEdges:
@@ -62,8 +64,8 @@ def message_edges(wigner: torch.Tensor, edge_index: torch.Tensor, num_nodes: int
 
 def pad(t: torch.Tensor, groups: NodeGroups) -> torch.Tensor:
     """``[E, ...] -> [N*W, ...]``: each edge's row in its slot, zeros elsewhere."""
-    num_slots = groups.slots.shape[0] * groups.slots.shape[1]
-    return t.new_zeros(num_slots, *t.shape[1:]).index_copy(0, groups.slot, t)
+    padded = torch.cat((t, t.new_zeros(1, *t.shape[1:])))  # row E: the zero padding
+    return padded.index_select(0, groups.slots.flatten())
 
 
 def unpad(t: torch.Tensor, groups: NodeGroups) -> torch.Tensor:

@@ -27,6 +27,27 @@ from escn_plugin.so3.projections import EdgeGridActivation
 __all__ = ["MessageBlock", "RotateBackSum"]
 
 
+class _TransposedBmm(torch.autograd.Function):
+    """``bmm(d^T, y)`` that keeps y for the backward only when d needs a gradient.
+
+    torch's bmm always saves both operands; here y ([N, W r_l, C], the messages) is only
+    needed for d's gradient (the rotation rows require grad only when forces are taken
+    as -dE/dpos). The backward is made of bmm, so it is differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx, d, y):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(d, y if ctx.needs_input_grad[0] else None)
+        return torch.bmm(d.transpose(1, 2), y)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        d, y = ctx.saved_tensors
+        grad_d = torch.bmm(y, grad.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_y = torch.bmm(d, grad) if ctx.needs_input_grad[1] else None
+        return grad_d, grad_y
+
+
 class RotateBackSum(nn.Module):
     """``message[n] = sum over the edges e of node n of W_e^T y_e``, degree by degree.
 
@@ -58,7 +79,7 @@ class RotateBackSum(nn.Module):
         for (num_rows, num_cols), d, y_l in zip(self.block_shapes, d_blocks, y_blocks):
             d = d.reshape(num_nodes, width * num_rows, num_cols)  # [N, W r_l, 2l+1]
             y_l = y_l.reshape(num_nodes, width * num_rows, channels)  # [N, W r_l, C]
-            out.append(torch.bmm(d.transpose(1, 2), y_l))  # [N, 2l+1, C]
+            out.append(_TransposedBmm.apply(d, y_l))  # [N, 2l+1, C]
         return torch.cat(out, dim=1)  # [N, K, C], full l-major layout
 
 

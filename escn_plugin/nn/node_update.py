@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.so3.projections import SphereSampler
 
@@ -28,7 +29,16 @@ class NodeUpdate(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
-        """``x, message [N, K, C] -> [N, K, C]``."""
+        """``x, message [N, K, C] -> [N, K, C]``.
+
+        In training the grid values ([N, G, 2RC] and the MLP's activations, ~7x the size of
+        x) are recomputed in the backward from x and message instead of being kept.
+        """
+        if torch.is_grad_enabled() and (x.requires_grad or message.requires_grad):
+            return checkpoint(self._update, x, message, use_reentrant=False)
+        return self._update(x, message)
+
+    def _update(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         grid = torch.cat((self.grid(x), self.grid(message)), dim=-1)  # [N, G, 2RC]
         grid = self.fc3(self.act(self.fc2(self.act(self.fc1(grid)))))  # [N, G, RC]
         return self.grid.inverse(grid)

@@ -257,6 +257,13 @@ class FactoredSO2Convolution(SO2Convolution):
             self.order_storage.append((offset, rows, len(columns)))
             self.register_buffer(f"columns_{m}", torch.tensor(columns), persistent=False)
             self.register_buffer(f"position_{m}", torch.tensor(position), persistent=False)
+        # x's (res, l) blocks, and for each order the block of each of its degrees
+        blocks_full = [(c.res, c.l) for c in layout.full if c.m == -c.l]
+        self.degree_sizes = [2 * l + 1 for _, l in blocks_full]
+        self.order_blocks = [
+            [blocks_full.index((c.res, c.l)) for c in layout.m_major[layout.m_slices(m)[0]]]
+            for m in range(layout.mmax + 1)
+        ]
         # first layer: the l = 0 columns of the m = 0 rows (one per resolution)
         offset, _, columns, _ = blocks.group(0)
         degree = [layout.full[k].l for k in columns]
@@ -282,6 +289,7 @@ class FactoredSO2Convolution(SO2Convolution):
         frame: ``[in(x_0) [E, 1, H]] + [in_proj(x_m) [E, 2, 2H]]`` (only m = 0 with
         ``scalar_input``)."""
         num_nodes, width = groups.slots.shape
+        x_degrees = x.split(self.degree_sizes, dim=1)  # per (res, l) block of the full layout
         # the rows of each order, [N*W, rows * size] (split: its backward is one cat)
         rot_orders = pad(wigner, groups).split([r * n for _, r, n in self.order_storage], dim=1)
         hidden = []
@@ -295,8 +303,12 @@ class FactoredSO2Convolution(SO2Convolution):
                 # only the l = 0 columns of x are non-zero (D^0 = 1 per entry)
                 columns, position = self.scalar_columns, position[self.scalar_pick]
                 rot, size = rot[:, self.scalar_pick], self.scalar_pick.shape[0]
-            weight = weight.index_select(1, position)  # [H', size, C]
-            z = torch.einsum("njc,hjc->njh", x.index_select(1, columns), weight)  # [N, size, H']
+            if scalar_input:
+                weight = weight.index_select(1, position)  # [H', size, C]
+                z = torch.einsum("njc,hjc->njh", x.index_select(1, columns), weight)
+            else:  # degree by degree: no expanded [H', size, C] weight copy to keep
+                blocks = [x_degrees[b] for b in self.order_blocks[m]]  # [N, 2l+1, C] each
+                z = torch.cat([torch.matmul(xb, weight[:, g].T) for g, xb in enumerate(blocks)], 1)
             rot = rot.reshape(num_nodes, width * rows, size)
             per_slot = torch.bmm(rot, z).view(num_nodes * width, rows, -1)  # [N*W, rows, H']
             hidden.append(unpad(per_slot, groups))  # [E, rows, H']
