@@ -57,6 +57,8 @@ class MessageBlock(nn.Module):
     ) -> torch.Tensor:
         """``x [N, K, C]``, ``basis [E, B]``, ``edge_index [2, E]`` (source, target),
         ``wigner [E, K_M, K]`` -> aggregated messages ``[N, K, C]``."""
+        if edge_index.shape[1] == 0:  # no edges in the whole batch: no messages
+            return torch.zeros_like(x)
         source, target = edge_index
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
         pair = torch.cat((x[source], x[target]), dim=-1)  # [E, K, 2C]
