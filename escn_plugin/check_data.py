@@ -75,7 +75,7 @@ def _tensor(value: Any, name: str) -> torch.Tensor:
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
     if t.is_floating_point() and not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).nonzero()[0][0])
+        bad = int((~torch.isfinite(t.flatten())).nonzero()[0])
         raise ValueError(f"'{name}' is not finite (first at index {bad})")
 
 
@@ -116,8 +116,9 @@ def check_record(record: Any, task: str, max_num_elements: int = 90) -> int:
     for name in SCALARS:
         if fields.get(name) is not None:
             value = _tensor(fields[name], name)
-            if value.numel() != 1 or not value.is_floating_point():
-                raise ValueError(f"'{name}' must be one float, got {value.dtype} {list(value.shape)}")
+            if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+                shape = list(value.shape)
+                raise ValueError(f"'{name}' must be one number, got {value.dtype} {shape}")
             _check_finite(value, name)
 
     natoms = _tensor(fields["natoms"], "natoms")
@@ -135,11 +136,12 @@ def check_record(record: Any, task: str, max_num_elements: int = 90) -> int:
         )
 
     cell = _tensor(fields["cell"], "cell")
-    _check_float(cell.reshape(-1, 3, 3) if cell.numel() == 9 else cell, "cell", (1, 3, 3))
+    _check_float(cell, "cell", (1, 3, 3))
     pbc = fields.get("pbc")
     if pbc is not None and bool(_tensor(pbc, "pbc").any()):
-        volume = torch.linalg.det(cell.reshape(3, 3).double()).abs()
-        scale = cell.reshape(3, 3).double().norm(dim=1).prod()
+        lattice = cell[0].double()  # [3, 3], rows are lattice vectors
+        volume = torch.linalg.det(lattice).abs()
+        scale = lattice.norm(dim=1).prod()
         if not volume > 1e-6 * scale:
             raise ValueError(f"'cell' is degenerate (volume {float(volume):.3g} A^3) with pbc")
 

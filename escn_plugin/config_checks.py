@@ -10,8 +10,11 @@ their own code (registries, grid and layout checks).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
 
 from escn_plugin.so3.wigner import MAX_LMAX
 
@@ -41,7 +44,7 @@ DEFAULT_LISTS = {"lmax_list": [6], "mmax_list": [2]}
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def int_list(name: str, value: Any, default: list[int]) -> list[int]:
@@ -52,7 +55,7 @@ def int_list(name: str, value: Any, default: list[int]) -> list[int]:
     if _is_int(value):
         value = [value]
     if isinstance(value, (list, tuple)) and value and all(_is_int(v) and v >= 0 for v in value):
-        return list(value)
+        return [int(v) for v in value]
     raise ValueError(
         f"{name} must be a non-negative int or a non-empty list of them (one per "
         f"resolution, e.g. {name}: {default}), got {value!r}"
@@ -78,8 +81,8 @@ def check_backbone_config(
     for key in POSITIVE_FLOAT_KEYS:
         value = config.get(key)
         if key in config and not (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
+            isinstance(value, numbers.Real)
+            and not isinstance(value, (bool, np.bool_))
             and math.isfinite(value)
             and value > 0
         ):

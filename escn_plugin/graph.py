@@ -75,8 +75,12 @@ def wrap_positions(
         return pos
     cell_atom = cell[batch]  # [N, 3, 3]
     with torch.no_grad():
-        # pos = frac @ cell  <=>  cell^T frac^T = pos^T
-        frac = torch.linalg.solve(cell_atom.transpose(1, 2), pos.unsqueeze(-1)).squeeze(-1)
+        # pos = frac @ cell  <=>  cell^T frac^T = pos^T; identity for non-periodic systems,
+        # whose cell may be zero
+        wrapped = periodic.any(dim=1)[batch].view(-1, 1, 1)  # [N, 1, 1]
+        eye = torch.eye(3, dtype=cell.dtype, device=cell.device)
+        lattice = torch.where(wrapped, cell_atom, eye)
+        frac = torch.linalg.solve(lattice.transpose(1, 2), pos.unsqueeze(-1)).squeeze(-1)
         shift = torch.floor(frac) * periodic[batch]  # [N, 3] whole lattice vectors
     return pos - torch.einsum("ni,nij->nj", shift.to(pos.dtype), cell_atom)
 

@@ -132,8 +132,8 @@ def test_molecule_in_a_big_box_equals_molecule_without_pbc():
     boxed.pbc = True
     out = tiny(use_pbc=False)(batch_of([mol], torch.float64))  # raised ImportError
     ref = tiny(use_pbc=True)(batch_of([boxed], torch.float64))
-    torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-6, atol=0)
-    torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-4, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------------
@@ -163,28 +163,40 @@ def test_float64_graph_is_exact_and_matches_float32():
     torch.testing.assert_close(out64["energy"].float(), out32["energy"], rtol=1e-4, atol=1e-6)
 
 
+def _on_grid(atoms: Atoms) -> Atoms:
+    """Positions and cell rounded to multiples of 2^-20 A, so that moving an atom by up to
+    ~1e6 A of whole lattice vectors is exact in float64 (the moved copy is then exactly
+    the same structure, and any difference in outputs is the model's)."""
+    atoms = atoms.copy()
+    atoms.set_cell(np.round(atoms.get_cell()[:] * 2**20) / 2**20, scale_atoms=False)
+    atoms.set_positions(np.round(atoms.get_positions() * 2**20) / 2**20, apply_constraint=False)
+    return atoms
+
+
 def _moved_by_lattice_vectors(atoms: Atoms, seed: int, scale: int) -> Atoms:
     """Every atom moved by a random lattice vector n @ cell, |n| up to ``scale``, along
     the periodic axes."""
     moved = atoms.copy()
     rng = np.random.default_rng(seed)
     n = rng.integers(-scale, scale + 1, size=(len(atoms), 3)) * atoms.pbc
-    moved.positions = atoms.positions + n @ atoms.cell[:]
+    moved.set_positions(atoms.positions + n @ atoms.cell[:], apply_constraint=False)
     return moved
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_far_out_periodic_atoms_are_wrapped(dtype):
-    atoms = slabs()
+    atoms = [_on_grid(a) for a in slabs()]
     far = [_moved_by_lattice_vectors(a, seed, 150_000) for seed, a in enumerate(atoms)]
     assert np.abs(far[0].positions).max() > 3e5
-    m = tiny(dtype)
+    # all neighbours within the cutoff: with max_neighbors truncation, ties between
+    # equidistant periodic images are broken by rounding (any translation can flip them)
+    m = tiny(dtype, max_neighbors=200)
     # positions in float64 (a float32 array cannot hold them to 1e-3 A), model in dtype
     out = m(batch_of(atoms, torch.float64))
     out_far = m(batch_of(far, torch.float64))
-    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(out_far["energy"], out["energy"], rtol=tol, atol=0)
-    scale = out["forces"].abs().max()
+    scale = float(out["forces"].abs().max())
     torch.testing.assert_close(out_far["forces"], out["forces"], rtol=0, atol=tol * scale)
 
 
@@ -202,7 +214,8 @@ def test_wrap_keeps_non_periodic_axes_and_gradients():
     wrapped = wrap_positions(pos, cell, torch.zeros(2, dtype=torch.long), periodic)
     frac = torch.linalg.solve(cell[0].T, wrapped.detach().T).T
     assert ((frac[:, :2] >= 0) & (frac[:, :2] < 1)).all()
-    torch.testing.assert_close(frac[:, 2], torch.tensor([12.0 / 5.0, -6.0 / 5.0], dtype=torch.float64))
+    expected_z = torch.tensor([12.0 / 5.0, -6.0 / 5.0], dtype=torch.float64)
+    torch.testing.assert_close(frac[:, 2], expected_z)
     (grad,) = torch.autograd.grad(wrapped.sum(), pos)
     torch.testing.assert_close(grad, torch.ones_like(pos))  # the shift is constant
 
@@ -221,10 +234,10 @@ def test_atomic_number_zero_names_the_atom():
 
 
 def test_degenerate_cell_names_the_system():
-    flat = slabs()[1]
-    flat.cell[2] = flat.cell[0] + flat.cell[1]  # zero volume
+    batch = batch_of(slabs())  # (AtomsToGraphs itself cannot wrap into a flat cell)
+    batch.cell[1, 2] = batch.cell[1, 0] + batch.cell[1, 1]  # zero volume
     with pytest.raises(ValueError, match="cell of system 1 is degenerate"):
-        tiny()(batch_of([slabs()[0], flat]))
+        tiny()(batch)
     # a molecule without a cell, marked non-periodic, is fine with a use_pbc model
     out = tiny(use_pbc=True)(batch_of([molecule("H2O")]))
     assert torch.isfinite(out["energy"]).all()
@@ -319,7 +332,7 @@ def test_ocp_calculator_on_a_molecule_and_an_isolated_atom(molecule_checkpoint):
     energy, forces = mol.get_potential_energy(), mol.get_forces()  # raised ImportError
     direct = model(batch_of([mol]))
     assert energy == pytest.approx(float(direct["energy"][0]), rel=1e-5)
-    np.testing.assert_allclose(forces, direct["forces"].numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(forces, direct["forces"].detach().numpy(), rtol=1e-4, atol=1e-7)
 
     atom = Atoms("O", positions=[[0.0, 0.0, 0.0]])
     atom.calc = calc
@@ -334,10 +347,12 @@ def test_int_lmax_list_through_fairchem_yaml_config(molecule_checkpoint, tmp_pat
 
     path, model = molecule_checkpoint
     config = torch.load(path, weights_only=False)["config"]
+    config["dataset"] = {"train": {"src": "unused"}}  # as a training config has it
     text = yaml.safe_dump(config)
     assert "lmax_list: 2\n" in text
     (tmp_path / "config.yml").write_text(text)
-    calc = OCPCalculator(config_yml=str(tmp_path / "config.yml"), checkpoint_path=str(path), cpu=True)
+    yml = str(tmp_path / "config.yml")
+    calc = OCPCalculator(config_yml=yml, checkpoint_path=str(path), cpu=True)
     assert calc.trainer._unwrapped_model.lmax_list == [2]
     mol = molecule("H2O")
     mol.calc = calc
