@@ -74,19 +74,21 @@ def check_cells(data, use_pbc: bool) -> None:
             raise ValueError("use_pbc is True but the input holds no cell")
         return
     cell = cell.detach().double().view(-1, 3, 3)  # [B, 3, 3]
-    for system in periodic.nonzero().flatten().tolist():
-        lattice = cell[system]
-        if not torch.isfinite(lattice).all():
-            raise ValueError(f"cell of system {system} is not finite: {lattice.tolist()}")
-        volume = torch.linalg.det(lattice).abs()
-        scale = lattice.norm(dim=1).prod()
-        if not volume > MIN_RELATIVE_VOLUME * scale or not scale > 0:
-            raise ValueError(
-                f"cell of system {system} is degenerate (volume {float(volume):.3g} A^3, "
-                f"lattice vectors {lattice.tolist()}) but the system is periodic: give three "
-                "independent lattice vectors (add vacuum along non-periodic directions), or "
-                "mark it non-periodic (pbc False in ASE, use_pbc: False in the model)"
-            )
+    finite = torch.isfinite(cell).flatten(1).all(dim=1)  # [B]
+    volume = torch.linalg.det(torch.where(finite[:, None, None], cell, 0.0)).abs()  # [B]
+    scale = cell.norm(dim=2).prod(dim=1)  # [B]
+    bad = periodic & ~(finite & (volume > MIN_RELATIVE_VOLUME * scale) & (scale > 0))
+    if bad.any():
+        system = int(bad.nonzero()[0])
+        lattice = cell[system].tolist()
+        if not finite[system]:
+            raise ValueError(f"cell of system {system} is not finite: {lattice}")
+        raise ValueError(
+            f"cell of system {system} is degenerate (volume {float(volume[system]):.3g} "
+            f"A^3, lattice vectors {lattice}) but the system is periodic: give three "
+            "independent lattice vectors (add vacuum along non-periodic directions), or "
+            "mark it non-periodic (pbc False in ASE, use_pbc: False in the model)"
+        )
 
 
 def check_edges(data, edge_index: torch.Tensor, edge_distance: torch.Tensor) -> None:

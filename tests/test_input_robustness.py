@@ -238,6 +238,10 @@ def test_degenerate_cell_names_the_system():
     batch.cell[1, 2] = batch.cell[1, 0] + batch.cell[1, 1]  # zero volume
     with pytest.raises(ValueError, match="cell of system 1 is degenerate"):
         tiny()(batch)
+    batch = batch_of(slabs())
+    batch.cell[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="cell of system 0 is not finite"):
+        tiny()(batch)
     # a molecule without a cell, marked non-periodic, is fine with a use_pbc model
     out = tiny(use_pbc=True)(batch_of([molecule("H2O")]))
     assert torch.isfinite(out["energy"]).all()
