@@ -75,8 +75,10 @@ def _tensor(value: Any, name: str) -> torch.Tensor:
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
     if t.is_floating_point() and not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t.flatten())).nonzero()[0])
-        raise ValueError(f"'{name}' is not finite (first at index {bad})")
+        if t.dim() == 0:
+            raise ValueError(f"'{name}' is not finite ({t.item()})")
+        row = int((~torch.isfinite(t.reshape(t.shape[0], -1))).any(dim=1).nonzero()[0])
+        raise ValueError(f"'{name}' is not finite (first in row {row}: {t[row].tolist()})")
 
 
 def _check_float(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:

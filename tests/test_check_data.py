@@ -64,7 +64,7 @@ def _broken(field: str, value) -> list[Data]:
     [
         ("force", None, "no forces field \\('force' or 'forces'\\)"),
         ("force", torch.full((3, 3), 0.0), f"'force' has shape \\(3, 3\\), expected \\[{N}, 3\\]"),
-        ("pos", torch.full((N, 3), float("nan")), "'pos' is not finite"),
+        ("pos", torch.full((N, 3), float("nan")), "'pos' is not finite \\(first in row 0: \\[nan"),
         ("y", float("inf"), "'y' is not finite"),
         ("atomic_numbers", torch.zeros(N), "atom 0 has atomic number 0, outside 1..89"),
         ("natoms", 5, f"'natoms' is 5 but 'pos' has {N} atoms"),
