@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from escn_plugin.check_data import check_lmdb
+
 #: the demo model: a small eSCN (lmax 2, mmax 1, 2 layers, 48k parameters) that trains in
 #: minutes on 2 CPU cores
 DEMO_MODEL: dict[str, Any] = {
@@ -879,6 +881,7 @@ def run_demo(
 
     _log(f"[1/5] dataset ({size}, seed {seed}) -> {out / 'data'}")
     data_root = make_dataset(out / "data", seed=seed, size=size)
+    _log(f"data check: {check_lmdb(data_root / 's2ef' / 'train')['records']} records OK")
     meta = load_metadata(data_root)
     train_mean = meta["s2ef"]["train"]["energy"]["mean"]
     refs = fit_element_references(data_root, out / "element_references.npz")

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_atoms", "check_edges", "check_overlaps"]
+from escn_plugin.graph import periodic_axes
+
+__all__ = ["check_atoms", "check_cells", "check_edges", "check_overlaps"]
 
 MIN_DISTANCE = 1e-4  # Angstrom
+#: beyond this distance from the origin float32 resolves positions to worse than 1e-3 A
+MAX_FLOAT32_COORDINATE = 1e4  # Angstrom
+#: a cell whose volume is below this fraction of the product of its vector lengths
+MIN_RELATIVE_VOLUME = 1e-6
 
 
 def _system_of(data, atom: int) -> int:
@@ -15,7 +21,8 @@ def _system_of(data, atom: int) -> int:
 
 
 def check_atoms(data, max_num_elements: int) -> None:
-    """Atomic numbers in range, finite positions, at least one atom."""
+    """Atomic numbers in 1..max_num_elements-1, finite positions (within float32's
+    resolution when stored in float32), at least one atom."""
     pos, numbers = data.pos, data.atomic_numbers
     if pos.shape[0] == 0:
         raise ValueError("empty batch: the input holds no atoms (check the dataset/sampler)")
@@ -25,13 +32,18 @@ def check_atoms(data, max_num_elements: int) -> None:
         raise ValueError(
             f"atomic_numbers has {numbers.shape[0]} entries but there are {pos.shape[0]} atoms"
         )
-    bad = (numbers < 0) | (numbers >= max_num_elements)
+    bad = (numbers < 1) | (numbers >= max_num_elements)
     if bad.any():
         atom = int(bad.nonzero()[0])
+        z = int(numbers[atom])
+        fix = (
+            "0 and negative numbers are no element: check the structure's numbers"
+            if z < 1
+            else "raise max_num_elements in the model config"
+        )
         raise ValueError(
-            f"atomic number {int(numbers[atom])} of atom {atom} (system "
-            f"{_system_of(data, atom)}) is outside [0, max_num_elements={max_num_elements}); "
-            "raise max_num_elements in the model config"
+            f"atomic number {z} of atom {atom} (system {_system_of(data, atom)}) is outside "
+            f"1..{max_num_elements - 1} (max_num_elements={max_num_elements}); {fix}"
         )
     finite = torch.isfinite(pos).all(dim=1)
     if not finite.all():
@@ -39,6 +51,43 @@ def check_atoms(data, max_num_elements: int) -> None:
         raise ValueError(
             f"position of atom {atom} (system {_system_of(data, atom)}) is not finite: "
             f"{pos[atom].tolist()}"
+        )
+    if pos.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        far = pos.abs().amax(dim=1) > MAX_FLOAT32_COORDINATE
+        if far.any():
+            atom = int(far.nonzero()[0])
+            raise ValueError(
+                f"atom {atom} (system {_system_of(data, atom)}) is at {pos[atom].tolist()}, "
+                f"beyond {MAX_FLOAT32_COORDINATE:g} A where {pos.dtype} positions are "
+                "rounded by more than 1e-3 A: wrap the structure into its cell "
+                "(ase: atoms.wrap()) or centre it before converting, or pass float64 positions"
+            )
+
+
+def check_cells(data, use_pbc: bool) -> None:
+    """Finite cells, and a non-degenerate one (three independent lattice vectors) for
+    every system that is periodic along any axis."""
+    cell = getattr(data, "cell", None)
+    periodic = periodic_axes(data, use_pbc).any(dim=1)  # [B]
+    if cell is None:
+        if periodic.any():
+            raise ValueError("use_pbc is True but the input holds no cell")
+        return
+    cell = cell.detach().double().view(-1, 3, 3)  # [B, 3, 3]
+    finite = torch.isfinite(cell).flatten(1).all(dim=1)  # [B]
+    volume = torch.linalg.det(torch.where(finite[:, None, None], cell, 0.0)).abs()  # [B]
+    scale = cell.norm(dim=2).prod(dim=1)  # [B]
+    bad = periodic & ~(finite & (volume > MIN_RELATIVE_VOLUME * scale) & (scale > 0))
+    if bad.any():
+        system = int(bad.nonzero()[0])
+        lattice = cell[system].tolist()
+        if not finite[system]:
+            raise ValueError(f"cell of system {system} is not finite: {lattice}")
+        raise ValueError(
+            f"cell of system {system} is degenerate (volume {float(volume[system]):.3g} "
+            f"A^3, lattice vectors {lattice}) but the system is periodic: give three "
+            "independent lattice vectors (add vacuum along non-periodic directions), or "
+            "mark it non-periodic (pbc False in ASE, use_pbc: False in the model)"
         )
 
 
@@ -66,14 +115,16 @@ def check_overlaps(data, use_pbc: bool) -> None:
     """
     pos = data.pos.detach()
     counts = data.natoms.tolist() if hasattr(data, "natoms") else [pos.shape[0]]
+    periodic = periodic_axes(data, use_pbc)  # [B, 3]
     start = 0
     for system, n in enumerate(counts):
         p = pos[start : start + n].double()  # [n, 3]
-        if use_pbc and getattr(data, "cell", None) is not None:
+        if periodic[system].any():
             cell = data.cell[system].detach().double()  # rows are lattice vectors
             frac = torch.linalg.solve(cell.T, p.T).T  # [n, 3] fractional coordinates
             diff = frac[:, None, :] - frac[None, :, :]
-            diff = (diff - torch.round(diff)) @ cell  # minimum image, [n, n, 3]
+            image = torch.round(diff) * periodic[system]  # minimum image on periodic axes
+            diff = (diff - image) @ cell  # [n, n, 3]
         else:
             diff = p[:, None, :] - p[None, :, :]
         dist = diff.norm(dim=-1) + torch.eye(n, dtype=p.dtype) * 1e9

@@ -38,7 +38,7 @@ import logging
 
 import torch
 from e3nn.o3 import ToS2Grid
-from fairchem.core.models.base import BackboneInterface, GraphModelMixin, HeadInterface
+from fairchem.core.models.base import BackboneInterface, HeadInterface
 from fairchem.core.models.scn.sampling import CalcSpherePoints
 from fairchem.core.models.scn.smearing import (
     GaussianSmearing,
@@ -50,7 +50,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.backends import ROTATION_BACKENDS
-from escn_plugin.input_checks import check_atoms, check_edges, check_overlaps
+from escn_plugin.config_checks import check_backbone_config
+from escn_plugin.graph import RadiusGraphMixin
+from escn_plugin.input_checks import check_atoms, check_cells, check_edges, check_overlaps
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
 from escn_plugin.nn.edge_groups import MessageEdges, message_edges
 from escn_plugin.so3.layout import CoefficientLayout
@@ -60,7 +62,6 @@ from escn_plugin.so3.projections import (
     sphere_points_sampler,
 )
 from escn_plugin.so3.s2_grid import float64_default, grid_resolution, s2_grid_matrices
-from escn_plugin.so3.wigner import MAX_LMAX
 
 __all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyHead", "eSCNForceHead"]
 
@@ -92,7 +93,7 @@ def readout_points(
     return points, weights / weights.sum()
 
 
-class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
+class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
     """eSCN backbone: node embeddings and their values on sphere points.
 
     Returns ``{"sphere_values": [N, P, R*C], "sphere_points": [P, 3], "sphere_weights": [P],
@@ -109,8 +110,8 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         cutoff: float = 8.0,
         max_num_elements: int = 90,
         num_layers: int = 8,
-        lmax_list: list[int] | None = None,
-        mmax_list: list[int] | None = None,
+        lmax_list: int | list[int] | None = None,
+        mmax_list: int | list[int] | None = None,
         sphere_channels: int = 128,
         hidden_channels: int = 256,
         edge_channels: int = 128,
@@ -129,30 +130,8 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         compile_layers: bool = False,
     ) -> None:
         super().__init__()
-        lmax_list = [6] if lmax_list is None else list(lmax_list)
-        mmax_list = [2] if mmax_list is None else list(mmax_list)
-        if max(lmax_list, default=0) > MAX_LMAX:
-            raise ValueError(f"lmax_list {lmax_list}: lmax above {MAX_LMAX} is not supported")
-        if distance_function not in DISTANCE_FUNCTIONS:
-            raise ValueError(
-                f"unknown distance_function '{distance_function}'; choose one of "
-                f"{', '.join(DISTANCE_FUNCTIONS)}"
-            )
-        for name, value in (
-            ("num_layers", num_layers),
-            ("sphere_channels", sphere_channels),
-            ("hidden_channels", hidden_channels),
-            ("edge_channels", edge_channels),
-            ("num_sphere_samples", num_sphere_samples),
-            ("max_neighbors", max_neighbors),
-            ("max_num_elements", max_num_elements),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if not cutoff > 0 or not distance_resolution > 0:
-            raise ValueError(
-                f"cutoff ({cutoff}) and distance_resolution ({distance_resolution}) must be > 0"
-            )
+        config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        lmax_list, mmax_list = check_backbone_config(config, DISTANCE_FUNCTIONS)
         if show_timing_info:
             logging.info("eSCN: show_timing_info is accepted for compatibility and ignored")
 
@@ -253,6 +232,7 @@ class eSCNBackbone(nn.Module, GraphModelMixin, BackboneInterface):
         atomic_numbers = data.atomic_numbers.long()
         if self.validate_inputs:
             check_atoms(data, self.max_num_elements)
+            check_cells(data, self.use_pbc)
             check_overlaps(data, self.use_pbc)
         graph = self.generate_graph(data)
         if self.validate_inputs:

@@ -87,6 +87,8 @@ from ase.geometry import wrap_positions
 from ase.optimize import BFGS
 from torch_geometric.data import Data
 
+from escn_plugin.datasets.lmdb_file import iter_records
+
 __all__ = [
     "ADSORBATES",
     "FORMAT_VERSION",
@@ -395,14 +397,9 @@ def write_lmdb(path: str | os.PathLike, records: Sequence[Data]) -> Path:
 
 
 def read_lmdb(path: str | os.PathLike) -> list[Data]:
-    """All records of one LMDB file written by :func:`write_lmdb`, in key order."""
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            length = pickle.loads(txn.get(b"length"))
-            return [pickle.loads(txn.get(f"{i}".encode("ascii"))) for i in range(length)]
-    finally:
-        env.close()
+    """All records of one LMDB file written by :func:`write_lmdb`, in key order; a
+    truncated or corrupted file raises a ValueError naming it (and the record)."""
+    return [record for _, _, record in iter_records(path)]
 
 
 def _summary(values: Sequence[float]) -> dict[str, float]:

@@ -126,6 +126,8 @@ class MessageBlock(nn.Module):
         ``edges`` (rotation rows and node groups, :func:`~escn_plugin.nn.edge_groups.
         message_edges`), ``edge_weight [E]`` (optional factor on each edge's message)
         -> aggregated messages ``[N, K, C]``."""
+        if edge_index.shape[1] == 0:  # no edges in the whole batch: no messages
+            return torch.zeros_like(x)
         source, target = edge_index
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
         wigner, scalar = edges.wigner, self.scalar_input
