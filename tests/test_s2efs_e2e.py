@@ -172,3 +172,35 @@ def test_finetune_adds_stress_head(data_root, tmp_path):
     backbone = [k for k in start_state if ".backbone." in k]
     assert backbone and all(torch.equal(tuned_state[k], start_state[k]) for k in backbone)
     assert any(".output_heads.stress." in k for k in tuned_state)
+
+
+@pytest.mark.slow  # ~50 s: the decomposed variant of docs/workflows.md section 11
+def test_decomposed_stress_head(data_root, tmp_path):
+    """decompose: True: the head predicts stress_isotropic [B, 1] and stress_anisotropic
+    [B, 5]; fairchem's decompose_tensor transform makes those targets from `stress`, and
+    its trainer recombines the parts into `stress` [B, 9] for the predictions file."""
+    model = hydra_model(SMALL_MODEL)
+    model["heads"]["stress"] = {**STRESS_HEAD, "decompose": True}
+    config = s2efs_config(data_root, model, max_epochs=1, stress=False)
+    parts = {"stress_isotropic": {"irrep_dim": 0}, "stress_anisotropic": {"irrep_dim": 2}}
+    for split in config["dataset"].values():
+        split["transforms"]["decompose_tensor"] = {
+            "tensor": "stress",
+            "rank": 2,
+            "decomposition": copy.deepcopy(parts),
+        }
+    config["outputs"]["stress"] = {"level": "system", "decomposition": copy.deepcopy(parts)}
+    config["loss_functions"] += [
+        {"stress_isotropic": {"fn": "mae", "coefficient": 10}},
+        {"stress_anisotropic": {"fn": "mae", "coefficient": 10}},
+    ]
+    config["evaluation_metrics"]["metrics"].update(
+        {"stress": ["mae"], "stress_isotropic": ["mae"], "stress_anisotropic": ["mae"]}
+    )
+    log = run_fairchem(config, tmp_path, "train")
+    assert logged(log, "stress_isotropic_mae") and logged(log, "stress_mae"), log[-3000:]
+    checkpoint = only(list(tmp_path.glob("checkpoints/*/checkpoint.pt")))
+    run_fairchem(config, tmp_path / "predict", "predict", "--checkpoint", str(checkpoint))
+    pred = np.load(only(list((tmp_path / "predict").glob("results/*/ocp_predictions.npz"))))
+    stress = pred["stress"].reshape(NUM_TEST, 3, 3)
+    np.testing.assert_allclose(stress, stress.transpose(0, 2, 1), rtol=1e-5, atol=1e-8)
