@@ -55,6 +55,7 @@ from escn_plugin.graph import RadiusGraphMixin
 from escn_plugin.input_checks import check_atoms, check_cells, check_edges, check_overlaps
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
 from escn_plugin.nn.edge_groups import MessageEdges, message_edges
+from escn_plugin.node_embedding import as_so3_embedding
 from escn_plugin.so3.layout import CoefficientLayout
 from escn_plugin.so3.projections import (
     EdgeGridActivation,
@@ -97,7 +98,9 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
     """eSCN backbone: node embeddings and their values on sphere points.
 
     Returns ``{"sphere_values": [N, P, R*C], "sphere_points": [P, 3], "sphere_weights": [P],
-    "node_embedding": [N, K, C], "graph": GraphData}``.
+    "node_embedding": SO3_Embedding, "graph": GraphData}``; ``node_embedding.embedding`` is
+    the plain ``[N, K, C]`` tensor, wrapped (no copy) in fairchem's embedding object so that
+    fairchem's own heads read it (:mod:`escn_plugin.node_embedding`).
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         self.activation_checkpoint = bool(activation_checkpoint)
         self.random_roll = random_roll
         self.validate_inputs = validate_inputs
+        self.act = nn.SiLU()  # read by fairchem's escn_energy_head / escn_force_head
 
         self.layout = CoefficientLayout(lmax_list, mmax_list)
         self.rotation = ROTATION_BACKENDS.build(rotation_backend, self.layout)
@@ -251,7 +255,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
             "sphere_values": self.sphere_sampler(x),  # [N, P, R*C]
             "sphere_points": self.sphere_points,
             "sphere_weights": self.sphere_weights,
-            "node_embedding": x,
+            "node_embedding": as_so3_embedding(x, self.lmax_list),
             "graph": graph,
         }
 

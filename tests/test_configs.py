@@ -28,6 +28,7 @@ from fairchem.core.common.flags import flags
 from fairchem.core.common.registry import registry
 from fairchem.core.common.relaxation.optimizers.lbfgs_torch import LBFGS
 from fairchem.core.common.utils import build_config, load_config, warmup_lr_lambda
+from fairchem.core.models.equiformer_v2.heads import rank2  # noqa: F401  (as setup_imports)
 from fairchem.core.models.escn.escn import eSCN as ReferenceESCN
 from fairchem.core.modules import evaluator
 
@@ -124,13 +125,16 @@ def _num_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
 
 
 @cache
-def _our_counts(model_yaml: str) -> tuple[int, int]:
-    """(all, trainable) parameters of a ``model:`` block, built as fairchem's trainer does."""
+def _our_counts(model_yaml: str) -> tuple[int, int, int]:
+    """(all, trainable) parameters of a ``model:`` block, built as fairchem's trainer does,
+    without extra hydra heads (e.g. fairchem's stress head), and those heads' parameters."""
     model_cfg = yaml.safe_load(model_yaml)
     name = model_cfg.pop("name")
     with _skip_weight_init():
         model = registry.get_model_class(name)(**model_cfg)
-    return _num_params(model), _num_params(model, trainable_only=True)
+    heads = getattr(model, "output_heads", {})
+    extra = sum(_num_params(h) for n, h in heads.items() if n not in ("energy", "forces"))
+    return _num_params(model) - extra, _num_params(model, trainable_only=True) - extra, extra
 
 
 @cache
@@ -286,6 +290,26 @@ def test_oc22_linear_references():
         assert train["transforms"]["element_references"]["energy"]["file"].endswith(".npz")
 
 
+def test_s2efs_config():
+    """Energy, forces and fairchem's direct stress head, trained on all three."""
+    cfg = _config("s2efs/eSCN-L6-M2-Lay12-hydra.yml")
+    heads = cfg["model"]["heads"]
+    assert heads["stress"]["module"] == "rank2_symmetric_head"
+    assert heads["stress"]["output_name"] == "stress"
+    assert cfg["outputs"]["stress"] == {
+        "level": "system",
+        "irrep_dim": 2,
+        "prediction_dtype": "float32",
+    }
+    assert cfg["model"]["pass_through_head_outputs"] is True
+    losses = {k for loss in cfg["loss_functions"] for k in loss}
+    assert (
+        losses == {"energy", "forces", "stress"}
+        and "stress" in cfg["evaluation_metrics"]["metrics"]
+    )
+    assert _our_counts(yaml.safe_dump(cfg["model"], sort_keys=True))[2] > 0
+
+
 def _distinct_models() -> dict[str, str]:
     models = {}
     for path in LEAVES:
@@ -304,13 +328,14 @@ def test_parameter_counts():
         model_cfg = yaml.safe_load(text)
         cfg = _backbone_cfg(model_cfg)
         name, paper, exact = MODEL_SIZES[_size_key(cfg)]
-        n_ours, n_ours_trainable = _our_counts(text)
+        n_ours, n_ours_trainable, n_extra = _our_counts(text)
         n_ref, n_ref_trainable = _reference_counts(yaml.safe_dump(cfg, sort_keys=True))
         print(
             f"{rel} [{model_cfg['name']}, regress_forces={cfg['regress_forces']}]: "
             f"ours {n_ours:,}, reference {n_ref_trainable:,} trainable "
             f"({n_ref:,} with its frozen sphere points/weights), paper "
             + (f"{paper / 1e6:g}M" if cfg["regress_forces"] else "- (no force head)")
+            + (f"; + {n_extra:,} in other heads" if n_extra else "")
         )
         assert n_ours_trainable == n_ours
         assert n_ours == n_ref_trainable
