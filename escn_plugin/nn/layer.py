@@ -26,6 +26,7 @@ class InteractionLayer(nn.Module):
         atomic_numbers: torch.Tensor,
         edge_index: torch.Tensor,
         wigner: torch.Tensor,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        message = self.message(x, basis, atomic_numbers, edge_index, wigner)
+        message = self.message(x, basis, atomic_numbers, edge_index, wigner, edge_weight)
         return self.node_update(x, message)

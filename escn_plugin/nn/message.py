@@ -54,9 +54,11 @@ class MessageBlock(nn.Module):
         atomic_numbers: torch.Tensor,
         edge_index: torch.Tensor,
         wigner: torch.Tensor,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x [N, K, C]``, ``basis [E, B]``, ``edge_index [2, E]`` (source, target),
-        ``wigner [E, K_M, K]`` -> aggregated messages ``[N, K, C]``."""
+        ``wigner [E, K_M, K]``, optional ``edge_weight [E]`` scaling each message ->
+        aggregated messages ``[N, K, C]``."""
         source, target = edge_index
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
         pair = torch.cat((x[source], x[target]), dim=-1)  # [E, K, 2C]
@@ -65,5 +67,7 @@ class MessageBlock(nn.Module):
         y = self.so2_source(x_source, x_edge) + self.so2_target(x_target, x_edge)
         y = self.grid_act(y)  # [E, K_M, C]
         y = torch.bmm(wigner.transpose(1, 2), y)  # [E, K, C] back in the global frame
+        if edge_weight is not None:
+            y = y * edge_weight.view(-1, 1, 1).to(y.dtype)
         out = torch.zeros(x.shape[0], *y.shape[1:], dtype=y.dtype, device=y.device)
         return out.index_add_(0, target, y)
