@@ -59,8 +59,15 @@ L6_M2 = dict(
 )
 
 
-def structure():
-    """A rattled Cu(111)+O slab (13 atoms), the tests' first slab."""
+def structure(name: str = "slab"):
+    """``slab``: a rattled Cu(111)+O slab (13 atoms), the tests' first slab; ``bulk_cu``:
+    the 32-atom fcc Cu cell of benchmarks/conservative_md.py, rattled by 0.05 A."""
+    if name == "bulk_cu":
+        from ase.build import bulk
+
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+        atoms.rattle(0.05, seed=3)
+        return atoms
     from structures import slabs
 
     return slabs()[0]
@@ -185,6 +192,7 @@ def main(argv=None) -> dict:
         default=1.0,
         help="multiply energies by this (the normaliser rmsd of a trained checkpoint)",
     )
+    parser.add_argument("--structure", default="slab", choices=["slab", "bulk_cu"])
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -200,7 +208,7 @@ def main(argv=None) -> dict:
     readout = (
         None if args.readout_grid == "none" else [int(x) for x in args.readout_grid.split(",")]
     )
-    atoms = structure()
+    atoms = structure(args.structure)
     results = []
     for grid in args.grids.split(";"):
         res = None if grid == "default" else [int(x) for x in grid.split(",")]

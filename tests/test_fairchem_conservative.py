@@ -119,8 +119,9 @@ def test_run_relaxations_with_gradient_forces(trained, data_root, tmp_path):
     }  # fmt: skip
     run_fairchem(config, tmp_path, "run-relaxations", "--checkpoint", str(checkpoint))
     relaxed = np.load(only(list(tmp_path.glob("results/*/relaxed_positions.npz"))))
-    start = np.concatenate([r.pos.numpy() for r in read_lmdb(src)])
-    moved = np.abs(np.concatenate(list(relaxed["pos"])) - start).max()
+    records = {int(r.sid): r.pos.numpy() for r in read_lmdb(src)}
+    start = np.concatenate([records[int(sid)] for sid in relaxed["ids"]])
+    moved = np.abs(relaxed["pos"].reshape(-1, 3) - start).max()
     assert 0 < moved < 1.0, moved
 
 
@@ -159,6 +160,7 @@ def test_calculator_forces_are_minus_energy_gradient(trained, data_root):
 
 def test_hydra_gradient_head_trains(data_root, tmp_path):
     backbone = {"model": "escn_plugin.eSCNBackbone", **CONSERVATIVE}
+    del backbone["energy_scale"]  # a head argument
     model = {
         "name": "hydra",
         "otf_graph": True,
@@ -177,7 +179,7 @@ def test_hydra_gradient_head_trains(data_root, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def stress_trained(tmp_path_factory):
+def stress_trained(data_root, tmp_path_factory):
     """A gradient model with stress trained through the CLI on the EMT stress data."""
     import json
 
@@ -202,7 +204,7 @@ def stress_trained(tmp_path_factory):
             "transforms": {"normalizer": normalizer},
         }
 
-    config = conservative_config(root.parent, dict(CONSERVATIVE, name="escn_plugin.eSCN"), 4)
+    config = conservative_config(data_root, dict(CONSERVATIVE, name="escn_plugin.eSCN"), 4)
     config["model"]["regress_stress"] = True
     config["dataset"] = {"train": split("train"), "val": split("val"), "test": split("test")}
     config["outputs"]["stress"] = {"level": "system"}
