@@ -30,6 +30,18 @@ reference config works by changing only ``name``. Additions, all optional:
   training, as the reference always does; off by default so outputs are reproducible;
 * ``validate_inputs`` (True): clear errors for bad atomic numbers, positions, overlaps;
 * ``compile_layers`` (False): ``torch.compile`` the interaction layers (dynamic shapes).
+
+Energy-conserving mode (see :mod:`escn_plugin.energy_gradients`):
+
+* ``direct_forces`` (True = the paper): False gives forces = -dE/dpos by autograd and
+  builds no force head, so forces are the gradient of the returned energy;
+* ``regress_stress`` (False): stress [B, 3, 3] (eV/A^3, ASE's sign) = dE/d(strain) / V,
+  periodic systems only; needs ``direct_forces: False``;
+* ``envelope_exponent`` (None): scale each edge's message by the polynomial envelope
+  u(d / cutoff) of that exponent (value, slope and curvature zero at the cutoff), so the
+  energy is smooth when neighbours enter or leave the cutoff sphere;
+* ``enforce_max_neighbors_strictly`` (True, fairchem's default): False keeps every
+  neighbour tied at the ``max_neighbors``-th distance (as eSEN configs do).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import logging
 import torch
 from e3nn.o3 import ToS2Grid
 from fairchem.core.models.base import BackboneInterface, HeadInterface
+from fairchem.core.models.gemnet.layers.radial_basis import PolynomialEnvelope
 from fairchem.core.models.scn.sampling import CalcSpherePoints
 from fairchem.core.models.scn.smearing import (
     GaussianSmearing,
@@ -51,6 +64,7 @@ from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.backends import ROTATION_BACKENDS
 from escn_plugin.config_checks import check_backbone_config
+from escn_plugin.energy_gradients import energy_gradients, periodic_edge_vectors, strain_inputs
 from escn_plugin.graph import RadiusGraphMixin
 from escn_plugin.input_checks import check_atoms, check_cells, check_edges, check_overlaps
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
@@ -64,7 +78,7 @@ from escn_plugin.so3.projections import (
 )
 from escn_plugin.so3.s2_grid import float64_default, grid_resolution, s2_grid_matrices
 
-__all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyHead", "eSCNForceHead"]
+__all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyGradientHead", "eSCNEnergyHead", "eSCNForceHead"]
 
 DISTANCE_FUNCTIONS = {
     "gaussian": GaussianSmearing,
@@ -131,10 +145,30 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         validate_inputs: bool = True,
         readout_grid: int | list[int] | None = None,
         compile_layers: bool = False,
+        direct_forces: bool = True,
+        regress_stress: bool = False,
+        envelope_exponent: int | None = None,
+        enforce_max_neighbors_strictly: bool = True,
     ) -> None:
         super().__init__()
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         lmax_list, mmax_list = check_backbone_config(config, DISTANCE_FUNCTIONS)
+        if regress_stress and direct_forces:
+            raise ValueError(
+                "regress_stress: True needs direct_forces: False (stress is the strain "
+                "derivative of the energy, and forces are then -dE/dpos too)"
+            )
+        if regress_stress and not use_pbc:
+            raise ValueError("regress_stress needs periodic systems: set use_pbc: True")
+        if compile_layers and not direct_forces:
+            raise ValueError(
+                "compile_layers: True cannot train with direct_forces: False (torch.compile "
+                "has no double backward); set compile_layers: False"
+            )
+        if envelope_exponent is not None and int(envelope_exponent) < 1:
+            raise ValueError(
+                f"envelope_exponent must be a positive integer or None, got {envelope_exponent}"
+            )
         if show_timing_info:
             logging.info("eSCN: show_timing_info is accepted for compatibility and ignored")
 
@@ -142,7 +176,10 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         self.use_pbc = use_pbc
         self.use_pbc_single = use_pbc_single
         self.regress_forces = regress_forces
-        self.direct_forces = True  # forces come from a head, not from -dE/dx
+        # False: forces = -dE/dpos (fairchem's conditional_grad reads this flag)
+        self.direct_forces = bool(direct_forces)
+        self.regress_stress = bool(regress_stress)
+        self.enforce_max_neighbors_strictly = bool(enforce_max_neighbors_strictly)
         self.otf_graph = otf_graph
         self.max_neighbors = max_neighbors
         self.cutoff = cutoff
@@ -167,6 +204,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         self.distance_expansion = DISTANCE_FUNCTIONS[distance_function](
             0.0, cutoff, int(cutoff / distance_resolution), basis_width_scalar
         )
+        self.envelope = None if envelope_exponent is None else PolynomialEnvelope(envelope_exponent)
         edge_grid_act = EdgeGridActivation(self.layout, nn.SiLU(), resolution)
         node_grid = node_grid_sampler(self.layout, resolution)
         self.layers = nn.ModuleList(
@@ -217,14 +255,16 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         atomic_numbers: torch.Tensor,
         edge_index: torch.Tensor,
         wigner: MessageEdges,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The interaction layers with their residuals: ``[N, K, C] -> [N, K, C]``.
 
         Free of data-dependent control flow, so ``torch.compile`` captures it whole
         (``compile_layers: True``); graph construction and input checks stay eager.
+        ``edge_weight [E]`` (the cutoff envelope) scales each message before aggregation.
         """
         for i, layer in enumerate(self.layers):
-            args = (x, basis, atomic_numbers, edge_index, wigner)
+            args = (x, basis, atomic_numbers, edge_index, wigner, edge_weight)
             if self.activation_checkpoint and torch.is_grad_enabled():
                 update = checkpoint(layer, *args, use_reentrant=False)
             else:
@@ -232,13 +272,42 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
             x = update if i == 0 else x + update
         return x
 
+    @property
+    def uses_energy_gradients(self) -> bool:
+        """Whether outputs are derivatives of the energy (forces and/or stress)."""
+        return self.regress_stress or (self.regress_forces and not self.direct_forces)
+
     def forward(self, data) -> dict:
+        """Embeddings (see the class docstring). With gradient forces or stress, positions
+        (and a zero strain) are made differentiable first and ``"energy_gradient_inputs"``
+        (:class:`~escn_plugin.energy_gradients.DifferentiableInputs`) is added; the graph is
+        recorded even under ``torch.no_grad`` (fairchem's validate/predict/relaxations)."""
+        if not self.uses_energy_gradients:
+            return self.embed(data)
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            data, inputs = strain_inputs(data, self.regress_stress, create_graph)
+            emb = self.embed(data, exact_edge_vectors=True)
+        emb["energy_gradient_inputs"] = inputs
+        return emb
+
+    def embed(self, data, exact_edge_vectors: bool = False) -> dict:
+        """Atoms -> embeddings. ``exact_edge_vectors``: periodic edge vectors in the
+        positions' dtype (fairchem rounds the periodic shifts to float32)."""
         atomic_numbers = data.atomic_numbers.long()
         if self.validate_inputs:
             check_atoms(data, self.max_num_elements)
             check_cells(data, self.use_pbc)
             check_overlaps(data, self.use_pbc)
         graph = self.generate_graph(data)
+        precomputed = hasattr(data, "edge_index") and hasattr(data, "cell_offsets")
+        if exact_edge_vectors and self.use_pbc and not self.otf_graph and precomputed:
+            # precomputed periodic graphs go through fairchem's float32 shifts: redo them
+            # exactly (our own on-the-fly graph already builds exact vectors)
+            graph.edge_distance_vec = periodic_edge_vectors(
+                data.pos, data.cell, data.batch, graph.edge_index, graph.cell_offsets
+            )
+            graph.edge_distance = graph.edge_distance_vec.norm(dim=-1)
         if self.validate_inputs:
             check_edges(data, graph.edge_index, graph.edge_distance)
 
@@ -249,8 +318,12 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         wigner = message_edges(wigner.to(x.dtype), graph.edge_index, x.shape[0])
         basis = basis.to(x.dtype)
 
+        edge_weight = None  # [E] cutoff envelope
+        if self.envelope is not None:
+            edge_weight = self.envelope(graph.edge_distance / self.cutoff).to(x.dtype)
+
         run_layers = self._compiled_layers or self.run_layers
-        x = run_layers(x, basis, atomic_numbers, graph.edge_index, wigner)
+        x = run_layers(x, basis, atomic_numbers, graph.edge_index, wigner, edge_weight)
         return {
             "sphere_values": self.sphere_sampler(x),  # [N, P, R*C]
             "sphere_points": self.sphere_points,
@@ -268,21 +341,24 @@ def _sum_per_system(per_atom: torch.Tensor, batch: torch.Tensor, num_systems: in
 
 
 class eSCNEnergyHead(nn.Module, HeadInterface):
-    """System energy: ``0.001 * sum over atoms`` (reduce="sum", the reference's scaling) or
-    the per-atom mean (reduce="mean")."""
+    """System energy: ``energy_scale * sum over atoms`` (reduce="sum"; 0.001 is the
+    reference's scaling) or the per-atom mean (reduce="mean")."""
 
-    def __init__(self, backbone: eSCNBackbone, reduce: str = "sum") -> None:
+    def __init__(
+        self, backbone: eSCNBackbone, reduce: str = "sum", energy_scale: float = 0.001
+    ) -> None:
         super().__init__()
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got '{reduce}'")
         self.reduce = reduce
+        self.energy_scale = float(energy_scale)
         self.readout = EnergyReadout(backbone.sphere_channels_all)
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
         per_atom = self.readout(emb["sphere_values"], emb["sphere_weights"])  # [N]
         energy = _sum_per_system(per_atom, data.batch, len(data.natoms))
         if self.reduce == "sum":
-            return {"energy": energy * 0.001}
+            return {"energy": energy * self.energy_scale}
         return {"energy": energy / data.natoms.to(energy.dtype)}
 
 
@@ -298,13 +374,53 @@ class eSCNForceHead(nn.Module, HeadInterface):
         return {"forces": self.readout(values, points, weights)}
 
 
-class eSCN(eSCNBackbone):
-    """The plain eSCN model: ``forward(batch) -> {"energy": [B], "forces": [N, 3]}``."""
+class eSCNEnergyGradientHead(nn.Module, HeadInterface):
+    """Energy ``[B]`` and its derivatives: forces = -dE/dpos ``[N, 3]`` (if the backbone's
+    ``regress_forces``) and stress = dE/d(strain) / V ``[B, 3, 3]`` (if ``regress_stress``).
 
-    def __init__(self, *args, **kwargs) -> None:
+    Needs a backbone built with ``direct_forces: False``. One head returns all three, so use
+    it with ``pass_through_head_outputs: True`` in fairchem's hydra model. ``energy_scale``
+    as :class:`eSCNEnergyHead`; the conservative configs use 1.0 so that forces of order
+    1 (normalised) do not need per-atom energies of order 1000.
+    """
+
+    def __init__(
+        self, backbone: eSCNBackbone, reduce: str = "sum", energy_scale: float = 0.001
+    ) -> None:
+        super().__init__()
+        if not backbone.uses_energy_gradients:
+            raise ValueError(
+                "eSCNEnergyGradientHead needs a backbone with direct_forces: False (and "
+                "regress_forces: True and/or regress_stress: True)"
+            )
+        self.energy = eSCNEnergyHead(backbone, reduce, energy_scale)
+        self.forces = backbone.regress_forces
+        self.stress = backbone.regress_stress
+
+    def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
+        inputs = emb["energy_gradient_inputs"]
+        with torch.enable_grad():  # also under fairchem's no_grad validate/predict
+            outputs = self.energy(data, emb)
+            outputs.update(energy_gradients(outputs["energy"], inputs, self.forces, self.stress))
+        if not inputs.create_graph:
+            outputs["energy"] = outputs["energy"].detach()
+        return outputs
+
+
+class eSCN(eSCNBackbone):
+    """The plain eSCN model: ``forward(batch) -> {"energy": [B], "forces": [N, 3]}`` and,
+    with ``regress_stress``, ``"stress": [B, 3, 3]``. Forces come from a head (the paper) or,
+    with ``direct_forces: False``, are -dE/dpos. ``energy_scale`` (0.001, the reference's)
+    multiplies the sum of per-atom energies."""
+
+    def __init__(self, *args, energy_scale: float = 0.001, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.energy_head = eSCNEnergyHead(self)
-        self.force_head = eSCNForceHead(self) if self.regress_forces else None
+        if self.uses_energy_gradients:
+            self.energy_head = eSCNEnergyGradientHead(self, energy_scale=energy_scale)
+            self.force_head = None
+        else:
+            self.energy_head = eSCNEnergyHead(self, energy_scale=energy_scale)
+            self.force_head = eSCNForceHead(self) if self.regress_forces else None
 
     def forward(self, data) -> dict[str, torch.Tensor]:
         emb = super().forward(data)

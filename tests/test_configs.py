@@ -61,11 +61,14 @@ def _rel(path: Path) -> str:
 
 
 def _include_only(path: Path) -> bool:
-    return path.name.startswith("base") or _rel(path).startswith("models/")
+    return path.name.startswith("base") or "models" in Path(_rel(path)).parts
 
 
 ALL_YAMLS = sorted(CONFIGS.rglob("*.yml"))
-LEAVES = [p for p in ALL_YAMLS if not _include_only(p)]
+ALL_LEAVES = [p for p in ALL_YAMLS if not _include_only(p)]
+# conservative/: gradient-force models (6 A, no neighbour cap), checked by their own tests
+CONSERVATIVE = [p for p in ALL_LEAVES if _rel(p).startswith("conservative/")]
+LEAVES = [p for p in ALL_LEAVES if p not in CONSERVATIVE]
 TRAINING = [p for p in LEAVES if "relaxations" not in p.name and "relaxations/" not in _rel(p)]
 S2EF = [p for p in TRAINING if _rel(p).startswith(("oc20/s2ef/", "oc22/s2ef_total/"))]
 RELAX = [p for p in LEAVES if p not in TRAINING]
@@ -167,8 +170,7 @@ def test_includes_resolve_next_to_the_including_file(path):
         assert not (REPO / include).exists(), include
 
 
-@pytest.mark.parametrize("path", LEAVES, ids=_ids(LEAVES))
-def test_leaf_loads_with_fairchem(path, tmp_path, monkeypatch):
+def _check_loads(path: Path, tmp_path: Path, monkeypatch) -> dict:
     cfg = _config(_rel(path))
     assert cfg["trainer"] == "ocp"
     assert cfg["mode"] == "train" and "includes" not in cfg
@@ -179,6 +181,22 @@ def test_leaf_loads_with_fairchem(path, tmp_path, monkeypatch):
     # file-relative includes: the same config from another working directory
     monkeypatch.chdir(tmp_path)
     assert load_config(str(path))[0] == loaded
+    return cfg
+
+
+def _check_metrics(cfg: dict) -> None:
+    metrics = cfg["evaluation_metrics"]
+    names = set()
+    for target, fns in metrics["metrics"].items():
+        for fn in fns:
+            assert callable(getattr(evaluator, fn)), fn
+            names.add(fn if target == "misc" or target in fn else f"{target}_{fn}")
+    assert metrics.get("primary_metric") in names
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=_ids(LEAVES))
+def test_leaf_loads_with_fairchem(path, tmp_path, monkeypatch):
+    cfg = _check_loads(path, tmp_path, monkeypatch)
     # model
     model = _backbone_cfg(cfg["model"])
     assert model["otf_graph"] is True and cfg["model"].get("otf_graph") is True
@@ -190,13 +208,7 @@ def test_leaf_loads_with_fairchem(path, tmp_path, monkeypatch):
     # fairchem >= 2.0 layout (else OCPTrainer "converts" it as a legacy config)
     assert cfg["loss_functions"] and cfg["outputs"]
     assert "lin_ref" not in cfg["dataset"].get("train", {})  # ignored by oc22_lmdb
-    metrics = cfg["evaluation_metrics"]
-    names = set()
-    for target, fns in metrics["metrics"].items():
-        for fn in fns:
-            assert callable(getattr(evaluator, fn)), fn
-            names.add(fn if target == "misc" or target in fn else f"{target}_{fn}")
-    assert metrics.get("primary_metric") in names
+    _check_metrics(cfg)
 
 
 def test_override_detection_works(tmp_path):
@@ -344,3 +356,57 @@ def test_parameter_counts():
             assert abs(n_ours - paper) <= 0.01 * paper
             seen.add(name)
     assert seen == {v[0] for v in MODEL_SIZES.values()}
+
+
+# -- conservative (gradient-force) configs ------------------------------------------------
+
+# L6-M2-Lay12 without a force head, 300 Gaussians (6 A / 0.02): the reference eSCN's count
+# with regress_forces False and the same arguments
+CONSERVATIVE_PARAMS = 51_344_000
+
+
+def _scale(normalizer: dict) -> float:
+    return normalizer.get("rmsd", normalizer.get("stdev"))
+
+
+def test_conservative_set():
+    names = _ids(CONSERVATIVE)
+    for folder in ("conservative/oc20/", "conservative/oc22/", "conservative/bulk/"):
+        assert any(n.startswith(folder) for n in names), folder
+
+
+@pytest.mark.parametrize("path", CONSERVATIVE, ids=_ids(CONSERVATIVE))
+def test_conservative_config(path, tmp_path, monkeypatch):
+    cfg = _check_loads(path, tmp_path, monkeypatch)
+    model = _backbone_cfg(cfg["model"])
+    assert model["direct_forces"] is False and model["regress_forces"] is True
+    assert model["otf_graph"] is True and cfg["model"]["otf_graph"] is True
+    assert model["use_pbc"] is True and model["cutoff"] == 6.0
+    # a smooth energy: a cutoff envelope and no neighbour truncation
+    assert model["envelope_exponent"] == 5
+    assert model["max_neighbors"] >= 300 and model["enforce_max_neighbors_strictly"] is False
+    # grids measured by benchmarks/chart_jump.py (README "Conservative forces")
+    assert model["resolution"] == [14, 21] and model["readout_grid"] == [16, 17]
+    assert model["random_roll"] is False and not model.get("compile_layers", False)
+    assert model["energy_scale"] == 1.0
+    # gradient targets share one normaliser scale, so denormalised forces (and stress)
+    # stay derivatives of the denormalised energy
+    norm = cfg["dataset"]["train"]["transforms"]["normalizer"]
+    assert set(norm) == set(cfg["outputs"])
+    assert len({_scale(v) for v in norm.values()}) == 1
+    stress = model["regress_stress"]
+    assert ("stress" in cfg["outputs"]) is stress
+    if stress:
+        assert cfg["outputs"]["stress"]["level"] == "system"
+    losses = {k for loss in cfg["loss_functions"] for k in loss}
+    assert losses == set(cfg["outputs"])
+    _check_metrics(cfg)
+    if _rel(path).startswith("conservative/oc22/"):
+        train = cfg["dataset"]["train"]
+        assert train["format"] == "oc22_lmdb"
+        assert train["transforms"]["element_references"]["energy"]["file"].endswith(".npz")
+    # the model builds through fairchem's registry, with the reference's energy-only count
+    n_ours, _ = _our_counts(yaml.safe_dump(cfg["model"], sort_keys=True))
+    reference = dict(model, regress_forces=False)
+    n_ref = _reference_counts(yaml.safe_dump(reference, sort_keys=True))[1]
+    assert n_ours == n_ref == CONSERVATIVE_PARAMS

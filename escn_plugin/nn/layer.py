@@ -27,6 +27,7 @@ class InteractionLayer(nn.Module):
         atomic_numbers: torch.Tensor,
         edge_index: torch.Tensor,
         edges: MessageEdges,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        message = self.message(x, basis, atomic_numbers, edge_index, edges)
+        message = self.message(x, basis, atomic_numbers, edge_index, edges, edge_weight)
         return self.node_update(x, message)

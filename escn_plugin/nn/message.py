@@ -138,5 +138,5 @@ class MessageBlock(nn.Module):
         # in the backward (escn_plugin.so3.grid_silu), not kept
         y = self.grid_act(y, self.rotate_back.rows)
         if edge_weight is not None:
-            y = y * edge_weight.view(-1, 1, 1)
+            y = y * edge_weight.view(-1, 1, 1).to(y.dtype)
         return self.rotate_back(wigner, y, edges.target)
