@@ -262,6 +262,7 @@ def run_all(args) -> dict:
         model=model,
         ours_overrides=ours_overrides,
         data=dict(size=args.data_size, seed=args.data_seed),
+        baselines=baselines(data_root),
         runs=runs,
     )
 
@@ -280,6 +281,24 @@ def final_metric(run: dict, key: str) -> float:
     return run["val"][-1][key]
 
 
+def baselines(data_root: Path) -> dict:
+    """Val MAE of trivial predictors: the train-mean energy and zero forces (free atoms)."""
+    from escn_plugin.datasets.oc20_emt import read_lmdb
+
+    meta = json.loads((data_root / "metadata.json").read_text())
+    src = data_root / meta["s2ef"]["val"]["src"]
+    val = [d for path in sorted(src.glob("*.lmdb")) or [src] for d in read_lmdb(path)]
+    mean = meta["s2ef"]["train"]["energy"]["mean"]
+    energy = float(np.mean([abs(float(d.y) - mean) for d in val]))
+    free = torch.cat([d.force[d.fixed == 0] for d in val])
+    return {"energy_mae": energy, "forces_mae": float(free.abs().mean())}
+
+
+def final_train_metric(run: dict, key: str, windows: int = 3) -> float:
+    """Train MAE over the last ``windows`` logging windows (the last few batches)."""
+    return float(np.mean([p[key] for p in run["train"][-windows:]]))
+
+
 def summary(results: dict) -> dict:
     """Per arm: mean/sem of the final val MAEs and times; per ours-arm: paired differences."""
     out = {}
@@ -290,6 +309,8 @@ def summary(results: dict) -> dict:
         row = {}
         for key in ("energy_mae", "forces_mae"):
             row[key] = mean_sem([final_metric(r, key) for r in by_seed.values()])
+        for key in ("energy_mae", "forces_mae"):
+            row[f"train_{key}"] = mean_sem([final_train_metric(r, key) for r in by_seed.values()])
         for key in ("cpu_s", "wall_s"):
             row[key] = mean_sem([r[key] for r in by_seed.values()])
         row["seeds"] = sorted(by_seed, key=int)
@@ -339,7 +360,18 @@ def report(args, machine: dict, results: dict) -> str:
         ]
         for arm, row in stats.items()
     ]
+    base = results.get("baselines")
+    if base:
+        rows.append(["train-mean energy, zero forces", "-", f"{base['energy_mae']:.4f}",
+                     f"{base['forces_mae']:.4f}", "-", "-"])  # fmt: skip
     lines += [markdown_table(header, rows), ""]
+    window = args.print_every * 3
+    lines += [f"Train MAE over the last {window} steps (last 3 logging windows), mean ± s.e.:", ""]
+    rows = [
+        [ARM_LABELS[arm], _pm(row["train_energy_mae"], 3), _pm(row["train_forces_mae"], 3)]
+        for arm, row in stats.items()
+    ]
+    lines += [markdown_table(["arm", "energy MAE (eV)", "force MAE (eV/Å)"], rows), ""]
     paired = [arm for arm in stats if "energy_mae_paired_diff" in stats[arm]]
     if paired:
         lines += ["Paired differences, ours - reference (same seed, same data order):", ""]
