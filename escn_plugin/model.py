@@ -260,10 +260,13 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         """The interaction layers with their residuals: ``[N, K, C] -> [N, K, C]``.
 
         Free of data-dependent control flow, so ``torch.compile`` captures it whole
-        (``compile_layers: True``); graph construction and input checks stay eager.
+        (``compile_layers: True``); graph construction and input checks stay eager. Runs the
+        first ``self.num_layers`` layers: as in the reference, lowering the attribute on a
+        built model (fairchem's tests set ``model.num_layers = 1``) runs fewer layers.
         ``edge_weight [E]`` (the cutoff envelope) scales each message before aggregation.
         """
-        for i, layer in enumerate(self.layers):
+        for i in range(self.num_layers):
+            layer = self.layers[i]
             args = (x, basis, atomic_numbers, edge_index, wigner, edge_weight)
             if self.activation_checkpoint and torch.is_grad_enabled():
                 update = checkpoint(layer, *args, use_reentrant=False)
@@ -322,6 +325,11 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         if self.envelope is not None:
             edge_weight = self.envelope(graph.edge_distance / self.cutoff).to(x.dtype)
 
+        if not 0 <= self.num_layers <= len(self.layers):
+            raise ValueError(
+                f"num_layers is {self.num_layers} but the model was built with "
+                f"{len(self.layers)} layers; set it between 0 and {len(self.layers)}"
+            )
         run_layers = self._compiled_layers or self.run_layers
         x = run_layers(x, basis, atomic_numbers, graph.edge_index, wigner, edge_weight)
         return {
