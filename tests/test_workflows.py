@@ -22,9 +22,12 @@ from fairchem_run import SMALL_MODEL
 from escn_plugin.datasets.oc20_emt import generate, read_lmdb, write_lmdb
 from escn_plugin.workflows.configs import s2ef_config
 from escn_plugin.workflows.element_references import composition, fit_element_references
+from escn_plugin.workflows.equivariance import rotation_error
 from escn_plugin.workflows.fairchem_runner import (
+    RelaxationProgress,
     fairchem_command,
     fairchem_relaxation_log,
+    learning_curve,
     predict,
     relaxation_steps_taken,
     run_fairchem,
@@ -435,3 +438,64 @@ def test_two_rank_cpu_training(data_root, refs, tmp_path):
     )  # fmt: skip
     # 12 frames over 2 ranks in batches of 4 per rank: 2 steps per epoch (1 rank: 3)
     assert state["step"] == 2
+
+
+# --------------------------------------------------------------------------------------
+# report pieces: learning curve, relaxation progress, rotation error
+# --------------------------------------------------------------------------------------
+
+_TRAIN_LOG = """\
+2026-11-29 02:49:34 .../ocp_trainer.py:194: (INFO): energy_mae: 3.02e-01, forces_mae: \
+2.90e-01, forces_cosine_similarity: 6.36e-02, loss: 1.71e+01, lr: 1.00e-02, epoch: \
+6.94e-02, step: 1.00e+01
+2026-11-29 02:49:54 .../ocp_trainer.py:194: (INFO): energy_mae: 2.00e-01, forces_mae: \
+1.50e-01, forces_cosine_similarity: 3.0e-01, loss: 9.00e+00, lr: 9.9e-03, epoch: \
+1.00e+00, step: 2.00e+01
+2026-11-29 02:49:55 .../base_trainer.py:863: (INFO): Evaluating on val.
+device 0: 100%|##########| 12/12 [00:03<00:00,  3.49it/s]
+2026-11-29 02:49:59 .../base_trainer.py:905: (INFO): energy_mae: 0.2500, forces_mae: \
+0.1400, forces_cosine_similarity: 0.3100, loss: 8.5000, epoch: 1.0000
+"""
+
+
+def test_learning_curve_from_a_fairchem_log():
+    # fairchem writes each of these on one line
+    log = _TRAIN_LOG.replace("\\\n", "")
+    curve = learning_curve(log)
+    assert curve["train"]["step"] == [10.0, 20.0]
+    assert curve["train"]["energy_mae"] == [0.302, 0.2]
+    assert curve["train"]["loss"] == [17.1, 9.0]
+    assert curve["val"] == {
+        "step": [20.0], "loss": [8.5], "energy_mae": [0.25], "forces_mae": [0.14]
+    }  # fmt: skip
+
+
+def test_relaxation_progress_lines():
+    show = RelaxationProgress(n_batches=2, steps=20, every=10)
+    lbfgs = ".../lbfgs_torch.py:97: (INFO): {} 0.500 0.250"
+    shown = [show(lbfgs.format(step)) for step in (0, 5, 10, 0, 10, 20)]
+    assert shown[1] is None and shown[0].startswith("relaxations [")
+    assert "batch 1/2, step 10/20, largest per-system fmax 0.500" in shown[2]
+    assert "batch 2/2, step 0/20" in shown[3] and "batch 2/2, step 20/20" in shown[5]
+    assert "#" * 20 in shown[5]
+    assert show("other line\n") == "other line"
+
+
+def test_rotation_error_measures_equivariance(data_root):
+    """EMT is exactly rotation equivariant; EMT plus a constant force along x is not."""
+    from ase.calculators.emt import EMT
+
+    records = read_lmdb(data_root / "is2re" / "train" / "data.lmdb")
+    exact = rotation_error(None, records, n_rotations=2, seed=0, calculator=EMT())
+    assert exact["n_structures"] == 2 and exact["n_rotations"] == 2
+    assert exact["force_error_max"] < 1e-9 and exact["energy_error_max"] < 1e-9
+
+    class FieldEMT(EMT):
+        """EMT plus a constant 0.1 eV/A force along x on every atom (not equivariant)."""
+
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results["forces"] = self.results["forces"] + np.array([0.1, 0.0, 0.0])
+
+    biased = rotation_error(None, records, n_rotations=2, seed=0, calculator=FieldEMT())
+    assert biased["force_error_max"] > 1e-2
