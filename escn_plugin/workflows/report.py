@@ -24,7 +24,8 @@ def format_report(results: dict[str, Any]) -> str:
         + ", ".join(f"{k}={v}" for k, v in r["model"].items() if k != "name")
         + f"; {r['n_params']:,} parameters.",
         f"Training: {r['epochs']} epochs with `fairchem --mode train --cpu` in "
-        f"{r['train_seconds']:.0f} s; total wall time {r['wall_seconds']:.0f} s.",
+        f"{r['train_seconds']:.0f} s; total wall time {r['wall_seconds']:.0f} s"
+        + (f", CPU time {r['cpu_seconds']:.0f} s." if "cpu_seconds" in r else "."),
         "",
         "![learning curve](learning_curve.png) ![parity](parity.png)",
         "",
@@ -48,6 +49,21 @@ def format_report(results: dict[str, Any]) -> str:
         "which eSCN is trained on top of (fairchem `transforms.element_references`); zero "
         "forces. val: `fairchem --mode validate`; test: computed from `--mode predict`'s npz "
         "against the LMDB labels.",
+    ]
+    test, base = r["s2ef"]["test"], r["baseline"]["test"]
+    lines += [
+        "",
+        "Test figures against their baselines (smaller is better; 1 = no better than the "
+        f"baseline): energy MAE / element-reference MAE "
+        f"{test['energy_mae'] / base['energy_mae_element_references']:.3f}; force MAE / "
+        f"zero-force MAE {test['forces_mae'] / base['forces_mae']:.3f}"
+        + (
+            f"; IS2RE MAE / train-mean MAE "
+            f"{r['relax']['is2re_energy_mae'] / r['relax']['is2re_baseline_mae']:.3f}"
+            if r.get("relax") is not None and "is2re_baseline_mae" in r["relax"]
+            else ""
+        )
+        + ".",
     ]
     rel = r.get("relax")
     if rel is not None:
