@@ -214,25 +214,29 @@ def learning_curve(log: str) -> dict[str, dict[str, list[float]]]:
 
     ``train``: the lines fairchem prints every ``--print-every`` steps (running means of
     ``loss``, ``energy_mae``, ``forces_mae`` since the previous line) with their ``step``;
-    ``val``: the metrics of each ``Evaluating on val`` pass, at the step of the last train
-    line before it. Returns ``{"train": {"step", "loss", "energy_mae", "forces_mae"},
+    ``val``: the metrics of each ``Evaluating on val`` pass, at its epoch times the steps
+    per epoch of the train lines (its epoch if there is no train line yet). Returns
+    ``{"train": {"step", "loss", "energy_mae", "forces_mae"},
     "val": {...}}`` (lists, in log order).
     """
     keys = ("loss", "energy_mae", "forces_mae")
     curve = {split: {key: [] for key in ("step", *keys)} for split in ("train", "val")}
-    step = 0.0
+    steps_per_epoch = 1.0
     evaluating = False
     for line in log.splitlines():
         if "Evaluating on val" in line:
             evaluating = True
             continue
-        values = {key: logged(line, key) for key in (*keys, "step")}
+        values = {key: logged(line, key) for key in (*keys, "step", "epoch")}
         if not all(values[key] for key in keys):
             continue
         if values["step"]:  # a training line
             step = values["step"][-1]
+            if values["epoch"] and values["epoch"][-1] > 0:
+                steps_per_epoch = step / values["epoch"][-1]
             split = "train"
-        elif evaluating:
+        elif evaluating and values["epoch"]:
+            step = float(round(values["epoch"][-1] * steps_per_epoch))
             split, evaluating = "val", False
         else:
             continue
