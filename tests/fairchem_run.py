@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from escn_plugin import demo
+from escn_plugin.workflows import fairchem_runner
 
 SMALL_MODEL = dict(
     num_layers=2,
@@ -89,8 +89,8 @@ def hydra_model(model: dict) -> dict:
 
 def run_fairchem(config: dict, workdir: Path, mode: str, *extra: str) -> str:
     """Run ``fairchem --mode MODE`` (the installed console script) quietly; returns its log.
-    The same runner the main job uses (:func:`escn_plugin.demo.run_fairchem`)."""
-    return demo.run_fairchem(
+    The main job's runner (:func:`escn_plugin.workflows.fairchem_runner.run_fairchem`)."""
+    return fairchem_runner.run_fairchem(
         config, workdir, mode, *extra, stream=False, print_every=4, timeout=900
     )
 

@@ -11,7 +11,17 @@ from ase.neighborlist import neighbor_list
 from fairchem.core.datasets import LmdbDataset, data_list_collater
 
 from escn_plugin.datasets import SIZES, generate
-from escn_plugin.datasets.oc20_emt import RELAX_FMAX, SPLITS, main, read_lmdb
+from escn_plugin.datasets.oc20_emt import (
+    RELAX_FMAX,
+    SPLITS,
+    SizeSpec,
+    clean_slab,
+    clean_slab_energy,
+    design_systems,
+    gas_references,
+    main,
+    read_lmdb,
+)
 
 TINY = SIZES["tiny"]
 
@@ -19,6 +29,12 @@ TINY = SIZES["tiny"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("oc20_emt") / "tiny", seed=0, size="tiny")
+
+
+def _references(paths):
+    """``{sid: energy reference}``: EMT total energy = label + reference."""
+    meta = json.loads(paths["metadata"].read_text())
+    return {s["sid"]: s["energy_reference"] for s in meta["systems"]}
 
 
 def _s2ef_records(paths, split):
@@ -76,17 +92,19 @@ def test_s2ef_record_fields(tiny):
 
 
 def test_s2ef_labels_are_emt_of_the_stored_structure(tiny):
+    reference = _references(tiny)
     for split in SPLITS:
         for d in _s2ef_records(tiny, split):
             atoms = _atoms(d)
             atoms.calc = EMT()
-            assert atoms.get_potential_energy() == pytest.approx(d.y, abs=1e-8)
+            assert atoms.get_potential_energy() == pytest.approx(d.y + reference[d.sid], abs=1e-8)
             forces = torch.from_numpy(atoms.get_forces()).float()
             torch.testing.assert_close(forces, d.force, rtol=1e-5, atol=1e-5)
             assert d.force.abs().max() > 1e-3  # labels are not trivially zero
 
 
 def test_is2re_records_relaxed_under_emt(tiny):
+    reference = _references(tiny)
     for split in SPLITS:
         for d in read_lmdb(tiny["is2re"][split]):
             assert {"y_init", "y_relaxed", "pos_relaxed", "sid"} <= set(d.keys())
@@ -97,13 +115,46 @@ def test_is2re_records_relaxed_under_emt(tiny):
 
             initial = _atoms(d)
             initial.calc = EMT()
-            assert initial.get_potential_energy() == pytest.approx(d.y_init, abs=1e-8)
+            e_ref = reference[d.sid]
+            assert initial.get_potential_energy() == pytest.approx(d.y_init + e_ref, abs=1e-8)
             relaxed = _atoms(d, d.pos_relaxed)
             relaxed.calc = EMT()
-            assert relaxed.get_potential_energy() == pytest.approx(d.y_relaxed, abs=1e-8)
+            assert relaxed.get_potential_energy() == pytest.approx(d.y_relaxed + e_ref, abs=1e-8)
             assert d.y_relaxed < d.y_init
             free_fmax = np.linalg.norm(relaxed.get_forces()[~fixed.numpy()], axis=1).max()
             assert free_fmax < RELAX_FMAX + 1e-3
+
+
+def test_energies_are_adsorption_energies(tiny):
+    """reference = relaxed clean slab (same metal, facet, cell) + gas-phase references."""
+    mu = gas_references()
+    # H2, O2, N2 at their EMT minima: 2 mu_X is the lowest energy over bond lengths
+    for element in ("H", "O", "N"):
+        for bond in (0.9, 1.0, 1.1, 1.2, 1.3):
+            dimer = Atoms(element * 2, positions=[(0, 0, 0), (0, 0, bond)])
+            dimer.calc = EMT()
+            assert dimer.get_potential_energy() >= 2 * mu[element] - 1e-6
+    meta = json.loads(tiny["metadata"].read_text())
+    assert meta["gas_references"] == pytest.approx(mu)
+    for system in meta["systems"]:
+        slab = clean_slab(system["metal"], system["facet"], tuple(system["surface_cell"]))
+        slab.calc = EMT()
+        e_slab = clean_slab_energy(system["metal"], system["facet"], tuple(system["surface_cell"]))
+        assert e_slab <= slab.get_potential_energy() + 1e-9  # the top layer relaxed
+        gas = sum(mu[s] for s in Atoms(system["adsorbate"]).get_chemical_symbols())
+        assert system["energy_reference"] == pytest.approx(e_slab + gas, abs=1e-10)
+
+
+def test_designs_cover_every_metal_adsorbate_facet():
+    """84 consecutive sids hold each (metal, adsorbate, facet) once (many systems, few
+    frames each is what lets a model learn across compositions)."""
+    SIZES["cover"] = SizeSpec(n_train=84, n_val=0, n_test=0, frames_per_system=1)
+    try:
+        systems = design_systems(3, "cover")
+    finally:
+        del SIZES["cover"]
+    combos = {(s.metal, s.adsorbate, s.facet) for s in systems}
+    assert len(combos) == 84
 
 
 def test_fairchem_reads_with_key_mapping(tiny):
@@ -145,7 +196,8 @@ def _assert_same_records(first, second):
 
 
 def test_deterministic(tiny, tmp_path):
-    again = generate(tmp_path / "again", seed=0, size="tiny", verbose=False)
+    """The same records again, also when two worker processes label the systems."""
+    again = generate(tmp_path / "again", seed=0, size="tiny", verbose=False, workers=2)
     assert again["metadata"].read_text() == tiny["metadata"].read_text()
     for split in SPLITS:
         _assert_same_records(_s2ef_records(tiny, split), _s2ef_records(again, split))

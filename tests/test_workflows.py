@@ -4,7 +4,7 @@ metrics, fairchem's ``OCPCalculator`` in an ASE relaxation, ``--submit`` (submit
 fake ``sbatch``: no SLURM here) and two-rank ``--num-gpus 2 --cpu`` training. About 1.5 min
 on 2 idle cores.
 
-The pieces under test are the importable steps of :mod:`escn_plugin.demo`."""
+The pieces under test are the main job's steps in :mod:`escn_plugin.workflows`."""
 
 from __future__ import annotations
 
@@ -19,15 +19,42 @@ import pytest
 import torch
 from fairchem_run import SMALL_MODEL
 
-from escn_plugin import demo
 from escn_plugin.datasets.oc20_emt import generate, read_lmdb, write_lmdb
+from escn_plugin.workflows.configs import s2ef_config
+from escn_plugin.workflows.element_references import composition, fit_element_references
+from escn_plugin.workflows.equivariance import rotation_error
+from escn_plugin.workflows.fairchem_runner import (
+    RelaxationProgress,
+    fairchem_command,
+    fairchem_relaxation_log,
+    learning_curve,
+    predict,
+    relaxation_steps_taken,
+    run_fairchem,
+    run_relaxations,
+    train,
+)
+from escn_plugin.workflows.relaxation_metrics import is2rs_metrics, relaxation_metrics
+from escn_plugin.workflows.relaxations import (
+    model_energies,
+    read_relaxed_positions,
+    trajectory_check,
+    trajectory_last_frames,
+)
+from escn_plugin.workflows.s2ef_metrics import s2ef_metrics
+from escn_plugin.workflows.submission import (
+    OC20_SPLITS,
+    SUBMISSION_FIELDS,
+    check_submission,
+    make_submission,
+)
 
 #: a micro eSCN: seconds per epoch on the tiny data
 MICRO_MODEL = dict(SMALL_MODEL, name="escn_plugin.eSCN")
 
 
 def _config(data_root, refs, epochs=2):
-    return demo.s2ef_config(
+    return s2ef_config(
         data_root, model=MICRO_MODEL, epochs=epochs, batch_size=4, element_references=refs
     )
 
@@ -41,15 +68,15 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def refs(data_root):
-    return demo.fit_element_references(data_root, data_root / "element_references.npz")
+    return fit_element_references(data_root, data_root / "element_references.npz")
 
 
 @pytest.fixture(scope="module")
 def trained(data_root, refs, tmp_path_factory):
     """One tiny checkpoint shared by every test (2 epochs, 6 steps), trained on top of
-    linear element references: best_checkpoint.pt, EMA weights in place, as the demo."""
+    linear element references: best_checkpoint.pt, EMA weights in place, as the"""
     config = _config(data_root, refs)
-    result = demo.train(config, tmp_path_factory.mktemp("train"), stream=False)
+    result = train(config, tmp_path_factory.mktemp("train"), stream=False)
     assert result["checkpoint"].is_file(), result["log"][-3000:]
     assert result["best_checkpoint"].is_file(), result["log"][-3000:]
     return config, result["best_checkpoint"]
@@ -104,7 +131,7 @@ def test_element_references_are_fairchems_linear_references(data_root, refs):
     assert residual.std() == pytest.approx(refs["residual_std"], rel=1e-9)
     assert np.abs(residual).mean() == pytest.approx(refs["mae"]["train"], rel=1e-9)
     # least squares with an intercept-free linear model: residuals orthogonal to the counts
-    counts = demo._composition(records)
+    counts = composition(records)
     assert np.abs(counts.T @ residual).max() < 1e-6 * np.abs(counts.T @ energies.numpy()).max()
 
 
@@ -116,18 +143,18 @@ def test_element_references_are_fairchems_linear_references(data_root, refs):
 def test_predict_and_s2ef_submission_file(data_root, trained, tmp_path):
     config, checkpoint = trained
     test_src = data_root / "s2ef" / "test"
-    pred = demo.predict(config, checkpoint, test_src, tmp_path / "predict", stream=False)
+    pred = predict(config, checkpoint, test_src, tmp_path / "predict", stream=False)
 
-    metrics = demo.s2ef_metrics(pred, test_src)
+    metrics = s2ef_metrics(pred, test_src)
     assert metrics["n_frames"] == 6
     assert np.isfinite([metrics["energy_mae"], metrics["forces_mae"]]).all()
     assert metrics["forces_pred"].shape == metrics["forces_true"].shape
 
     # the stock CLI, the one test split standing in for all four OC20 test splits
-    sub = demo.make_submission(pred, tmp_path / "s2ef_submission", stream=False)
+    sub = make_submission(pred, tmp_path / "s2ef_submission", stream=False)
     assert sub.name == "s2ef_submission.npz"  # make_submission_file appends .npz
-    shapes = demo.check_submission(sub)
-    assert set(shapes) == {f"{s}_{f}" for s in demo.OC20_SPLITS for f in demo.SUBMISSION_FIELDS}
+    shapes = check_submission(sub)
+    assert set(shapes) == {f"{s}_{f}" for s in OC20_SPLITS for f in SUBMISSION_FIELDS}
     with np.load(sub) as npz, np.load(pred) as p:
         assert len(npz["id_ids"]) == 6 and npz["ood_both_forces"].shape == p["forces"].shape
         np.testing.assert_array_equal(npz["ood_cat_energy"], p["energy"])
@@ -136,10 +163,10 @@ def test_predict_and_s2ef_submission_file(data_root, trained, tmp_path):
     from fairchem.core.scripts.make_submission_file import main as make_submission_main
 
     make_submission_main(_submission_args("OC22", tmp_path / "oc22", {"id": pred, "ood": pred}))
-    demo.check_submission(tmp_path / "oc22.npz", splits=("id", "ood"))
+    check_submission(tmp_path / "oc22.npz", splits=("id", "ood"))
 
     with pytest.raises(ValueError, match="lacks"):
-        demo.check_submission(tmp_path / "oc22.npz")  # no ood_ads etc.
+        check_submission(tmp_path / "oc22.npz")  # no ood_ads etc.
 
 
 # --------------------------------------------------------------------------------------
@@ -152,10 +179,10 @@ def test_run_relaxations_writes_positions_and_metrics_are_finite(
 ):
     config, checkpoint = trained[0], amplified
     relax_src = data_root / "is2re" / "train" / "data.lmdb"  # 2 systems
-    out = demo.run_relaxations(
+    out = run_relaxations(
         config, checkpoint, relax_src, tmp_path / "relax", steps=4, fmax=1e-3, stream=False
     )
-    assert demo.relaxation_steps_taken(out["log"]) == 4
+    assert relaxation_steps_taken(out["log"]) == 4
     records = read_lmdb(relax_src)
     with np.load(out["relaxed_positions"]) as npz:
         assert sorted(npz["ids"].tolist()) == sorted(str(int(d.sid)) for d in records)
@@ -163,9 +190,9 @@ def test_run_relaxations_writes_positions_and_metrics_are_finite(
         assert len(npz["chunk_idx"]) == len(records) - 1
     assert len(list(out["traj_dir"].glob("*.traj"))) == len(records)
 
-    positions = demo.read_relaxed_positions(out["relaxed_positions"])
-    energies = demo.model_energies(checkpoint, relax_src, positions)
-    metrics = demo.relaxation_metrics(out["relaxed_positions"], relax_src, energies, 6.0)
+    positions = read_relaxed_positions(out["relaxed_positions"])
+    energies = model_energies(checkpoint, relax_src, positions)
+    metrics = relaxation_metrics(out["relaxed_positions"], relax_src, energies, 6.0)
     assert metrics["n_systems"] == 2
     values = [metrics["is2re_energy_mae"], metrics["is2re_ewt"], metrics["is2re_baseline_mae"]]
     for key in ("is2rs", "initial_as_relaxed"):
@@ -175,25 +202,25 @@ def test_run_relaxations_writes_positions_and_metrics_are_finite(
 
     # full trajectories (5 frames: steps 0-4); every system ran all steps, so each ends on
     # its final structure, whose energy is the model's (OCPCalculator) energy there
-    check = demo.trajectory_check(out["traj_dir"], out["relaxed_positions"])
+    check = trajectory_check(out["traj_dir"], out["relaxed_positions"])
     assert check["stale"] == []
     for sid, energy in check["energies"].items():
         assert energy == pytest.approx(energies[sid], abs=1e-4)
 
     # our ADwT is fairchem's: the value its evaluator logged after the val-style relaxation
-    logged = demo.fairchem_relaxation_log(out["log"])
+    logged = fairchem_relaxation_log(out["log"])
     adwt = logged["positions_average_distance_within_threshold"]
     assert adwt == pytest.approx(metrics["is2rs"]["adwt"], abs=1e-9), out["log"][-2000:]
 
     # IS2RS / IS2RE-by-relaxation submission files from these outputs
     from fairchem.core.scripts.make_submission_file import main as make_submission_main
 
-    files = dict.fromkeys(demo.OC20_SPLITS, str(out["relaxed_positions"]))
+    files = dict.fromkeys(OC20_SPLITS, str(out["relaxed_positions"]))
     make_submission_main(_submission_args("OC20", tmp_path / "is2rs", files))
-    demo.check_submission(tmp_path / "is2rs.npz", fields=("ids", "pos", "chunk_idx"))
-    files = dict.fromkeys(demo.OC20_SPLITS, str(out["traj_dir"]))
+    check_submission(tmp_path / "is2rs.npz", fields=("ids", "pos", "chunk_idx"))
+    files = dict.fromkeys(OC20_SPLITS, str(out["traj_dir"]))
     make_submission_main(_submission_args("OC20", tmp_path / "is2re", files, True))
-    demo.check_submission(tmp_path / "is2re.npz", fields=("ids", "energy"))
+    check_submission(tmp_path / "is2re.npz", fields=("ids", "energy"))
 
 
 def test_is2rs_metrics_hand_made_case():
@@ -205,7 +232,7 @@ def test_is2rs_metrics_hand_made_case():
     # structure 2: free atoms off by 0.1, 0.2, 0.3 A (the first across the x boundary)
     shifted = true + np.array([[-0.1, 0, 0], [0, 0.2, 0], [0, 0, 0.3], [0, 0, 0]])
     shifted[0, 0] += 10.0  # wrapped: x = 9.95
-    m = demo.is2rs_metrics([exact, shifted], [true, true], [cell, cell], [free, free])
+    m = is2rs_metrics([exact, shifted], [true, true], [cell, cell], [free, free])
     assert m["n_systems"] == 2
     assert m["mean_distance"] == pytest.approx((0.0 + 0.2) / 2)
     assert m["positions_mae"] == pytest.approx((0.1 + 0.2 + 0.3) / 18)
@@ -255,10 +282,10 @@ def test_relaxation_metrics_hand_made_files(tmp_path):
                 traj.write(atoms)
 
     npz = tmp_path / "relaxed_positions.npz"
-    check = demo.trajectory_check(traj_dir, npz)
+    check = trajectory_check(traj_dir, npz)
     assert check["energies"] == {"10": 1.0, "11": 2.5}
     assert check["stale"] == ["10", "11"]  # the frames' positions are not the relaxed ones
-    m = demo.relaxation_metrics(npz, src, check["energies"], 1.0)
+    m = relaxation_metrics(npz, src, check["energies"], 1.0)
     assert m["is2re_energy_mae"] == pytest.approx(0.25)
     assert m["is2re_ewt"] == 0.5
     assert m["is2re_baseline_mae"] == pytest.approx(0.5)
@@ -268,8 +295,8 @@ def test_relaxation_metrics_hand_made_files(tmp_path):
 
     # an empty trajectory (a system converged at step 0) has no last frame
     Trajectory(traj_dir / "10.traj", "w").close()
-    assert demo.trajectory_last_frames(traj_dir)["10"] is None
-    check = demo.trajectory_check(traj_dir, npz)
+    assert trajectory_last_frames(traj_dir)["10"] is None
+    check = trajectory_check(traj_dir, npz)
     assert check["energies"]["10"] is None and "10" in check["stale"]
 
 
@@ -334,7 +361,7 @@ def test_submit_builds_slurm_job_with_our_config(data_root, refs, tmp_path):
     config_path = tmp_path / "train.yml"
     config_path.write_text(yaml.safe_dump(config))
     cmd = [
-        *demo.fairchem_command(), "--mode", "train", "--config-yml", str(config_path),
+        *fairchem_command(), "--mode", "train", "--config-yml", str(config_path),
         "--cpu", "--submit", "--run-dir", str(tmp_path / "run"), "--logdir",
         str(tmp_path / "logs"), "--identifier", "escn-submit", "--num-gpus", "2",
         "--num-nodes", "1", "--slurm-partition", "debugq", "--slurm-account", "acct",
@@ -402,7 +429,7 @@ def test_two_rank_cpu_training(data_root, refs, tmp_path):
     find_unused_parameters, so this fails if any parameter gets no gradient. (~25 s on
     2 idle cores: not marked slow.)"""
     config = _config(data_root, refs, epochs=1)
-    log = demo.run_fairchem(config, tmp_path, "train", "--num-gpus", "2", stream=False)
+    log = run_fairchem(config, tmp_path, "train", "--num-gpus", "2", stream=False)
     assert "Running in local mode with 2 ranks" in log
     assert "unused parameters" not in log.lower() and "Traceback" not in log
     state = torch.load(
@@ -411,3 +438,64 @@ def test_two_rank_cpu_training(data_root, refs, tmp_path):
     )  # fmt: skip
     # 12 frames over 2 ranks in batches of 4 per rank: 2 steps per epoch (1 rank: 3)
     assert state["step"] == 2
+
+
+# --------------------------------------------------------------------------------------
+# report pieces: learning curve, relaxation progress, rotation error
+# --------------------------------------------------------------------------------------
+
+_TRAIN_LOG = """\
+2026-11-29 02:49:34 .../ocp_trainer.py:194: (INFO): energy_mae: 3.02e-01, forces_mae: \
+2.90e-01, forces_cosine_similarity: 6.36e-02, loss: 1.71e+01, lr: 1.00e-02, epoch: \
+6.94e-02, step: 1.00e+01
+2026-11-29 02:49:54 .../ocp_trainer.py:194: (INFO): energy_mae: 2.00e-01, forces_mae: \
+1.50e-01, forces_cosine_similarity: 3.0e-01, loss: 9.00e+00, lr: 9.9e-03, epoch: \
+1.00e+00, step: 2.00e+01
+2026-11-29 02:49:55 .../base_trainer.py:863: (INFO): Evaluating on val.
+device 0: 100%|##########| 12/12 [00:03<00:00,  3.49it/s]
+2026-11-29 02:49:59 .../base_trainer.py:905: (INFO): energy_mae: 0.2500, forces_mae: \
+0.1400, forces_cosine_similarity: 0.3100, loss: 8.5000, epoch: 1.0000
+"""
+
+
+def test_learning_curve_from_a_fairchem_log():
+    # fairchem writes each of these on one line
+    log = _TRAIN_LOG.replace("\\\n", "")
+    curve = learning_curve(log)
+    assert curve["train"]["step"] == [10.0, 20.0]
+    assert curve["train"]["energy_mae"] == [0.302, 0.2]
+    assert curve["train"]["loss"] == [17.1, 9.0]
+    assert curve["val"] == {
+        "step": [20.0], "loss": [8.5], "energy_mae": [0.25], "forces_mae": [0.14]
+    }  # fmt: skip
+
+
+def test_relaxation_progress_lines():
+    show = RelaxationProgress(n_batches=2, steps=20, every=10)
+    lbfgs = ".../lbfgs_torch.py:97: (INFO): {} 0.500 0.250"
+    shown = [show(lbfgs.format(step)) for step in (0, 5, 10, 0, 10, 20)]
+    assert shown[1] is None and shown[0].startswith("relaxations [")
+    assert "batch 1/2, step 10/20, largest per-system fmax 0.500" in shown[2]
+    assert "batch 2/2, step 0/20" in shown[3] and "batch 2/2, step 20/20" in shown[5]
+    assert "#" * 20 in shown[5]
+    assert show("other line\n") == "other line"
+
+
+def test_rotation_error_measures_equivariance(data_root):
+    """EMT is exactly rotation equivariant; EMT plus a constant force along x is not."""
+    from ase.calculators.emt import EMT
+
+    records = read_lmdb(data_root / "is2re" / "train" / "data.lmdb")
+    exact = rotation_error(None, records, n_rotations=2, seed=0, calculator=EMT())
+    assert exact["n_structures"] == 2 and exact["n_rotations"] == 2
+    assert exact["force_error_max"] < 1e-9 and exact["energy_error_max"] < 1e-9
+
+    class FieldEMT(EMT):
+        """EMT plus a constant 0.1 eV/A force along x on every atom (not equivariant)."""
+
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results["forces"] = self.results["forces"] + np.array([0.1, 0.0, 0.0])
+
+    biased = rotation_error(None, records, n_rotations=2, seed=0, calculator=FieldEMT())
+    assert biased["force_error_max"] > 1e-2

@@ -9,7 +9,7 @@ One adsorbate (O, H, C, N, OH or CO; bound through its first atom) on an ontop, 
 hollow site of an fcc(111) or fcc(100) slab of Cu, Ag, Au, Ni, Pd, Pt or Al: 3-4 layers,
 small orthogonal surface cells (17-38 atoms in all), ``VACUUM`` A of vacuum on each side,
 periodic in all three directions as in OC20. The adsorbate starts 0-0.3 A above the
-height where EMT is lowest (a 0.1 A scan; EMT is steep below it), nudged off its ideal
+height where EMT is lowest (a 0.2 A scan; EMT is steep below it), nudged off its ideal
 site; molecules have EMT's gas-phase bond length and a 5-20 degree tilt. Every system is
 turned about z by an angle drawn from a continuous distribution (kept 2 degrees from
 multiples of 15, where nearest-neighbour bonds and cell edges point) and shifted in plane
@@ -30,11 +30,17 @@ fixed. From that relaxation:
 - IS2RE/IS2RS: the initial structure with ``y_init``, and the relaxed energy ``y_relaxed``
   and positions ``pos_relaxed`` (continuous with ``pos``, not wrapped again).
 
-Energies are EMT *total* energies in eV (forces in eV/A), not OC20's adsorption energies
-(total minus clean-slab and gas-phase references). EMT measures energies from the bulk
-metal, so totals are small (a few eV per system) and need no referencing. Positions and
-cell are rounded to float32 before labelling, so the float32 ``pos`` and ``cell`` stored in
-the records are exactly the geometry EMT saw.
+Generation runs systems in ``workers`` processes (each system's randomness is its own, so
+the result does not depend on the number of workers) and prints progress lines.
+
+Energies are OC20-style *adsorption* energies in eV (forces in eV/A): the EMT total energy
+minus the EMT energy of the same clean slab (same metal, facet and cell, top layer relaxed
+like the system's) minus gas-phase references for the adsorbate's atoms (``GAS_MOLECULES``:
+H, O, N from half of H2, O2, N2 and C from CO minus O, each molecule at its EMT bond-length
+minimum). ``metadata.json`` lists each system's subtracted ``energy_reference``, so
+``y + energy_reference`` is EMT's total energy. Positions and cell are rounded to float32
+before labelling, so the float32 ``pos`` and ``cell`` stored in the records are exactly the
+geometry EMT saw.
 
 Systems are split into train / val / test by system (a system's S2EF frames and its IS2RE
 record share the split and the ``sid``); ``SIZES`` gives the counts.
@@ -66,11 +72,13 @@ names, e.g. ``key_mapping: {y: energy, force: forces}`` for S2EF and
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +106,11 @@ __all__ = [
     "SizeSpec",
     "SystemSpec",
     "build_system",
+    "clean_slab",
+    "clean_slab_energy",
+    "energy_reference",
+    "gas_references",
+    "label_system",
     "design_systems",
     "generate",
     "main",
@@ -107,7 +120,7 @@ __all__ = [
 ]
 
 #: bumped whenever the generated content changes, so old directories are rebuilt
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
 ADSORBATES = ("O", "H", "C", "N", "OH", "CO")
@@ -122,12 +135,16 @@ SURFACE_CELLS = {
 }
 #: heights (A) of the binding atom above the top layer scanned for the EMT minimum; EMT is
 #: steep below it (H 0.6 A below its ontop minimum on Pt costs ~16 eV): starts lie above it
-SCAN_HEIGHTS = tuple(np.round(np.arange(0.6, 3.01, 0.1), 2))
+SCAN_HEIGHTS = tuple(np.round(np.arange(0.6, 3.01, 0.2), 2))
 HEIGHT_OFFSET = (0.0, 0.3)  # A, range of the start's height above the scanned minimum
 BOND_LENGTHS = {"OH": 1.03, "CO": 1.06}  # A, EMT's gas-phase minima; second atom on top
 MOLECULE_TILT_DEG = (5.0, 20.0)
 SITE_JITTER = 0.15  # A, in-plane sigma of the adsorbate's offset from its site
 VACUUM = 8.0  # A on each side of the slab
+
+#: gas-phase reference of each adsorbate element: (molecule, other atom's reference or
+#: None); mu_X = (E(molecule) - mu_other) / n_X, molecules at their EMT bond-length minima
+GAS_MOLECULES = {"H": ("H2", None), "O": ("O2", None), "N": ("N2", None), "C": ("CO", "O")}
 
 RELAX_FMAX = 0.05  # eV/A
 RELAX_MAX_STEPS = 300
@@ -156,8 +173,10 @@ class SizeSpec:
 SIZES = {
     # 4 systems, 24 S2EF frames (12/6/6), IS2RE 2/1/1: for the test suite
     "tiny": SizeSpec(n_train=2, n_val=1, n_test=1, frames_per_system=6),
-    # 36 systems, 432 S2EF frames (312/60/60), IS2RE 26/5/5: for the demo
-    "demo": SizeSpec(n_train=26, n_val=5, n_test=5, frames_per_system=12),
+    # 360 systems, 1440 S2EF frames (1152/144/144), IS2RE 288/36/36: for the main job.
+    # Many systems with few frames each: a model learns energies across compositions and
+    # sites only from many distinct systems
+    "demo": SizeSpec(n_train=288, n_val=36, n_test=36, frames_per_system=4),
 }
 
 
@@ -188,7 +207,9 @@ def design_systems(seed: int, size: str) -> list[SystemSpec]:
     """The systems of a dataset, sorted by sid.
 
     Metals, facets and adsorbates are cycled through seeded permutations, so even the
-    ``tiny`` set has four metals, both facets and four adsorbates; the rest is drawn.
+    ``tiny`` set has four metals, both facets and four adsorbates, and every run of
+    2 * lcm(#metals, #adsorbates) = 84 consecutive sids holds each (metal, adsorbate, facet)
+    once; the rest is drawn.
     """
     spec = _check_args(seed, size)
     rng = np.random.default_rng((int(seed), 0))
@@ -201,9 +222,10 @@ def design_systems(seed: int, size: str) -> list[SystemSpec]:
     for k, split in enumerate(SPLITS):
         split_of[order[bounds[k] : bounds[k + 1]]] = split
 
+    period = math.lcm(len(metals), len(adsorbates))
     systems = []
     for i in range(spec.n_systems):
-        facet = ("111", "100")[(i + first_facet) % 2]
+        facet = ("111", "100")[(i + i // period + first_facet) % 2]
         cells = SURFACE_CELLS[facet]
         systems.append(
             SystemSpec(
@@ -259,16 +281,69 @@ def _lowest_height(slab: Atoms, n_ads: int) -> float:
     return float(SCAN_HEIGHTS[int(np.argmin(energies))])
 
 
+def clean_slab(metal: str, facet: str, surface_cell: tuple[int, int, int]) -> Atoms:
+    """The clean fcc(111)/(100) slab: tags 1 (top layer) and 0 (sub-surface, fixed), PBC,
+    ``ase.build``'s adsorption-site info kept."""
+    nx, ny, layers = surface_cell
+    if facet == "111":
+        slab = fcc111(metal, size=(nx, ny, layers), vacuum=VACUUM, orthogonal=True)
+    elif facet == "100":
+        slab = fcc100(metal, size=(nx, ny, layers), vacuum=VACUUM)
+    else:
+        raise ValueError(f"unknown facet {facet!r}; expected '111' or '100'")
+    tags = np.where(slab.get_tags() == 1, 1, 0)  # ase.build tags layers 1 (top), 2, ...
+    slab.set_tags(tags)
+    slab.set_constraint(FixAtoms(mask=tags == 0))
+    slab.pbc = True
+    return slab
+
+
+@functools.cache
+def clean_slab_energy(metal: str, facet: str, surface_cell: tuple[int, int, int]) -> float:
+    """EMT energy (eV) of the clean slab with its top layer relaxed (BFGS, ``RELAX_FMAX``)."""
+    slab = clean_slab(metal, facet, tuple(surface_cell))
+    slab.calc = EMT()
+    BFGS(slab, logfile=None).run(fmax=RELAX_FMAX, steps=RELAX_MAX_STEPS)
+    return float(slab.get_potential_energy())
+
+
+def _molecule_energy(formula: str) -> float:
+    """EMT energy (eV) of an isolated diatomic molecule at its bond-length minimum."""
+    from scipy.optimize import minimize_scalar
+
+    def energy(bond: float) -> float:
+        molecule = Atoms(formula, positions=[(0.0, 0.0, 0.0), (0.0, 0.0, bond)])
+        molecule.calc = EMT()
+        return molecule.get_potential_energy()
+
+    return float(minimize_scalar(energy, bounds=(0.6, 2.0), method="bounded").fun)
+
+
+@functools.cache
+def gas_references() -> dict[str, float]:
+    """``{element: mu}`` (eV): the gas-phase reference of each adsorbate element (see
+    ``GAS_MOLECULES``)."""
+    mu: dict[str, float] = {}
+    for element, (molecule, other) in GAS_MOLECULES.items():
+        other_mu = mu[other] if other is not None else 0.0
+        n_element = 2 if other is None else 1
+        mu[element] = (_molecule_energy(molecule) - other_mu) / n_element
+    return mu
+
+
+def energy_reference(spec: SystemSpec) -> float:
+    """What is subtracted from a system's EMT total energy to make its adsorption energy:
+    the relaxed clean slab's energy plus the adsorbate atoms' gas-phase references."""
+    mu = gas_references()
+    return clean_slab_energy(spec.metal, spec.facet, spec.surface_cell) + sum(
+        mu[symbol] for symbol in Atoms(spec.adsorbate).get_chemical_symbols()
+    )
+
+
 def build_system(spec: SystemSpec, rng: np.random.Generator) -> Atoms:
     """The unrelaxed adsorbate+slab of ``spec``: tagged, constrained, turned, wrapped."""
-    nx, ny, layers = spec.surface_cell
-    if spec.facet == "111":
-        slab = fcc111(spec.metal, size=(nx, ny, layers), vacuum=VACUUM, orthogonal=True)
-    elif spec.facet == "100":
-        slab = fcc100(spec.metal, size=(nx, ny, layers), vacuum=VACUUM)
-    else:
-        raise ValueError(f"unknown facet {spec.facet!r}; expected '111' or '100'")
-    top_layer = slab.get_tags() == 1  # ase.build tags layers 1 (top), 2, ...
+    slab = clean_slab(spec.metal, spec.facet, spec.surface_cell)
+    top_layer = slab.get_tags() == 1
 
     adsorbate = _adsorbate(spec.adsorbate, rng)
     add_adsorbate(slab, adsorbate, SCAN_HEIGHTS[0], position=spec.site, mol_index=0)
@@ -343,10 +418,38 @@ def _atoms_to_graphs(labels: bool):
     )
 
 
-def _s2ef_record(a2g, atoms: Atoms, sid: int, fid: int) -> Data:
+def _labelled(atoms: Atoms) -> Atoms:
+    """``atoms`` with its EMT energy and forces frozen in a SinglePointCalculator (picklable,
+    so worker processes can return it)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False)
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    return atoms
+
+
+def label_system(seed: int, spec: SystemSpec, frames_per_system: int) -> dict[str, Any]:
+    """Everything EMT computes for one system (runs in a worker process): its S2EF frames,
+    initial and relaxed structures (labelled), and its energy reference."""
+    rng = np.random.default_rng((seed, 1, spec.sid))
+    initial = build_system(spec, rng)
+    trajectory, converged = relax(initial)
+    frames = _s2ef_frames(initial, trajectory, frames_per_system, rng)
+    return {
+        "spec": spec,
+        "frames": [(fid, _labelled(atoms)) for fid, atoms in frames],
+        "initial": _labelled(_with_positions(initial, initial.get_positions())),
+        "relaxed": _labelled(_with_positions(initial, trajectory[-1], wrap=False)),
+        "relax_steps": len(trajectory) - 1,
+        "relax_converged": converged,
+        "energy_reference": energy_reference(spec),
+    }
+
+
+def _s2ef_record(a2g, atoms: Atoms, sid: int, fid: int, reference: float) -> Data:
     data = a2g.convert(atoms)
     # AtomsToGraphs (fairchem 1.10) names them energy / forces; OC20 LMDBs use y / force
-    data.y = float(data.energy)
+    data.y = float(data.energy) - reference
     data.force = data.forces
     del data.energy, data.forces
     data.tags = torch.as_tensor(atoms.get_tags(), dtype=torch.long)
@@ -355,16 +458,37 @@ def _s2ef_record(a2g, atoms: Atoms, sid: int, fid: int) -> Data:
     return data
 
 
-def _is2re_record(a2g, initial: Atoms, relaxed_positions: np.ndarray, sid: int) -> Data:
-    relaxed = _with_positions(initial, relaxed_positions, wrap=False)
-    y_init = float(_with_positions(initial, initial.get_positions()).get_potential_energy())
+def _is2re_record(a2g, initial: Atoms, relaxed: Atoms, sid: int, reference: float) -> Data:
     data = a2g.convert(initial)
     data.tags = torch.as_tensor(initial.get_tags(), dtype=torch.long)
     data.sid = sid
-    data.y_init = y_init
-    data.y_relaxed = float(relaxed.get_potential_energy())
+    data.y_init = float(initial.get_potential_energy()) - reference
+    data.y_relaxed = float(relaxed.get_potential_energy()) - reference
     data.pos_relaxed = torch.as_tensor(relaxed.get_positions(), dtype=torch.float32)
     return data
+
+
+def _label_all(
+    seed: int, systems: Sequence[SystemSpec], frames_per_system: int, workers: int
+) -> Iterator[dict[str, Any]]:
+    """:func:`label_system` of every system, in order, in ``workers`` processes."""
+    from escn_plugin.workflows.progress import progress
+
+    jobs = [(seed, spec, frames_per_system) for spec in systems]
+    if workers <= 1:
+        results: Iterator[dict[str, Any]] = (label_system(*job) for job in jobs)
+        yield from progress(results, len(jobs), "EMT systems", prefix="[data]")
+        return
+    import multiprocessing
+
+    # spawn: the parent may hold torch/OpenMP threads, which fork does not survive
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = pool.imap(_label_job, jobs, chunksize=4)
+        yield from progress(results, len(jobs), "EMT systems", prefix="[data]")
+
+
+def _label_job(job: tuple[int, SystemSpec, int]) -> dict[str, Any]:
+    return label_system(*job)
 
 
 def write_lmdb(path: str | os.PathLike, records: Sequence[Data]) -> Path:
@@ -449,9 +573,14 @@ def _reusable(layout: dict[str, Any], seed: int, size: str) -> bool:
 
 
 def generate(
-    out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", verbose: bool = True
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    size: str = "tiny",
+    verbose: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Generate the dataset into ``out_dir`` (or reuse it if already there).
+    """Generate the dataset into ``out_dir`` (or reuse it if already there), labelling the
+    systems in ``workers`` processes (the result does not depend on it).
 
     Returns ``{"root", "metadata", "s2ef": {split: directory}, "is2re": {split: file},
     "reused": bool}`` with :class:`~pathlib.Path` values; ``s2ef`` directories and
@@ -470,19 +599,28 @@ def generate(
     s2ef = {split: [] for split in SPLITS}
     is2re = {split: [] for split in SPLITS}
     systems = []
-    for system in design_systems(seed, size):
-        rng = np.random.default_rng((seed, 1, system.sid))
-        initial = build_system(system, rng)
-        trajectory, converged = relax(initial)
-        frames = _s2ef_frames(initial, trajectory, spec.frames_per_system, rng)
-        s2ef[system.split] += [_s2ef_record(a2g_s2ef, a, system.sid, fid) for fid, a in frames]
-        is2re[system.split].append(_is2re_record(a2g_is2re, initial, trajectory[-1], system.sid))
+    designed = design_systems(seed, size)
+    if verbose:
+        print(
+            f"[data] generating the {size} OC20-EMT dataset (seed {seed}): {len(designed)} "
+            f"systems in {workers} process(es) -> {layout['root']}",
+            flush=True,
+        )
+    for done in _label_all(seed, designed, spec.frames_per_system, workers):
+        system, ref = done["spec"], done["energy_reference"]
+        s2ef[system.split] += [
+            _s2ef_record(a2g_s2ef, atoms, system.sid, fid, ref) for fid, atoms in done["frames"]
+        ]
+        is2re[system.split].append(
+            _is2re_record(a2g_is2re, done["initial"], done["relaxed"], system.sid, ref)
+        )
         systems.append(
             {
                 **asdict(system),
-                "natoms": len(initial),
-                "relax_steps": len(trajectory) - 1,
-                "relax_converged": converged,
+                "natoms": len(done["initial"]),
+                "relax_steps": done["relax_steps"],
+                "relax_converged": done["relax_converged"],
+                "energy_reference": ref,
             }
         )
 
@@ -498,7 +636,9 @@ def generate(
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "size": size,
-        "energy": "EMT total energy in eV (not an adsorption energy); forces in eV/A",
+        "energy": "adsorption energy in eV: EMT total energy - relaxed clean slab - gas-phase "
+        "references (H2/2, O2/2, N2/2, CO - O2/2); forces in eV/A",
+        "gas_references": gas_references(),
         "elements": sorted(
             {chemical_symbols[z] for d in records_all for z in d.atomic_numbers.tolist()}
         ),
@@ -553,9 +693,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="dataset size")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     args = parser.parse_args(argv)
     try:
-        return generate(args.out, seed=args.seed, size=args.size)
+        return generate(args.out, seed=args.seed, size=args.size, workers=args.workers)
     except ValueError as err:
         parser.error(str(err))
 

@@ -1,0 +1,168 @@
+"""The main job's model and OCPTrainer configs: S2EF training and ``run-relaxations``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from escn_plugin.workflows.data import load_metadata
+
+#: the demo model: a small eSCN (lmax 2, mmax 1, 2 layers, 32 channels, 172k parameters).
+#: No neighbour truncation: within 4.6 A an fcc slab atom has at most 42 neighbours (Cu,
+#: Ni), so ``max_neighbors: 50`` never cuts ties between equidistant lattice atoms, which
+#: rotated copies of a structure would break differently (a 45% force rotation error with
+#: ``max_neighbors: 20`` at 6 A). The cutoff lies >= 0.16 A from every fcc neighbour shell
+#: of the seven metals. ``readout_grid``: quadrature readout instead of 32 Fibonacci
+#: points (force rotation error 6e-6 of the largest force in float32, vs 3e-2).
+DEMO_MODEL: dict[str, Any] = {
+    "name": "escn_plugin.eSCN",
+    "num_layers": 2,
+    "lmax_list": [2],
+    "mmax_list": [1],
+    "sphere_channels": 32,
+    "hidden_channels": 64,
+    "edge_channels": 32,
+    "readout_grid": [16, 17],
+    "cutoff": 4.6,
+    "max_neighbors": 50,
+    "otf_graph": True,
+    "distance_resolution": 0.1,
+}
+#: 144 steps of 8 frames per epoch. eSCN starts with almost no messages (its atom-pair
+#: embeddings are initialised in +-0.001), so forces only come alive after ~100-200 Adam
+#: steps: hence the high initial learning rate
+DEMO_EPOCHS = 8
+DEMO_LR = 1e-2
+#: loss = DEMO_ENERGY_COEFFICIENT * energy MAE + 10 * force L2-MAE (normalised units)
+DEMO_ENERGY_COEFFICIENT = 1.0
+#: relaxations in the demo: every IS2RS test system, L-BFGS as fairchem's relax configs
+RELAX_STEPS = 100
+RELAX_FMAX = 0.05
+RELAX_OPT = {"maxstep": 0.04, "memory": 50, "damping": 1.0, "alpha": 70.0}
+#: processes generating the dataset (EMT labelling is single-threaded per system)
+DATA_WORKERS = 2
+#: test structures (x 2 random rotations) for the trained model's rotation error
+ROTATION_CHECK_STRUCTURES = 8
+
+
+def s2ef_config(
+    data_root: str | os.PathLike,
+    model: dict | None = None,
+    epochs: int = DEMO_EPOCHS,
+    batch_size: int = 8,
+    lr: float = DEMO_LR,
+    seed: int = 0,
+    element_references: dict | None = None,
+    energy_coefficient: float = DEMO_ENERGY_COEFFICIENT,
+) -> dict:
+    """An OCPTrainer S2EF config on the generated dataset (train + val splits).
+
+    Normalizers come from the train split's statistics in ``metadata.json`` (energy mean
+    and std, force rms); with ``element_references`` (from :func:`fit_element_references`)
+    the model learns the energy minus the linear references, normalised by the residuals'
+    mean and std. The learning rate follows a cosine over all training steps. The test
+    split is left out (so training does not predict on it after every improvement);
+    ``predict`` points ``dataset.test`` at a split on the command line.
+    """
+    data_root = Path(data_root).resolve()
+    meta = load_metadata(data_root)
+    train = meta["s2ef"]["train"]
+    normalizer = {
+        "energy": {"mean": train["energy"]["mean"], "stdev": train["energy"]["std"]},
+        "forces": {"mean": 0.0, "stdev": train["force_rms"]},
+    }
+    transforms: dict[str, Any] = {"normalizer": normalizer}
+    if element_references is not None:
+        normalizer["energy"] = {
+            "mean": element_references["residual_mean"],
+            "stdev": element_references["residual_std"],
+        }
+        transforms = {
+            "element_references": {"energy": {"file": str(element_references["file"])}},
+            "normalizer": normalizer,
+        }
+    steps = epochs * -(-train["n_frames"] // batch_size)
+
+    def split(name: str) -> dict:
+        return {"src": str(data_root / "s2ef" / name)}
+
+    return {
+        "trainer": "ocp",
+        "logger": "tensorboard",
+        "seed": seed,
+        "outputs": {
+            "energy": {"level": "system", "prediction_dtype": "float32"},
+            "forces": {
+                "level": "atom",
+                "train_on_free_atoms": True,
+                "eval_on_free_atoms": True,
+                "prediction_dtype": "float32",
+            },
+        },
+        "loss_functions": [
+            {"energy": {"fn": "mae", "coefficient": energy_coefficient}},
+            {"forces": {"fn": "l2mae", "coefficient": 10}},
+        ],
+        "evaluation_metrics": {
+            "metrics": {"energy": ["mae"], "forces": ["mae", "cosine_similarity"]},
+            "primary_metric": "forces_mae",
+        },
+        "dataset": {
+            "train": {
+                "format": "lmdb",
+                **split("train"),
+                "key_mapping": {"y": "energy", "force": "forces"},
+                "transforms": transforms,
+            },
+            "val": split("val"),  # the rest comes from train (use_train_settings)
+        },
+        "model": copy.deepcopy(DEMO_MODEL if model is None else model),
+        "optim": {
+            "batch_size": batch_size,
+            "eval_batch_size": 12,
+            "num_workers": 0,
+            "lr_initial": lr,
+            "optimizer": "AdamW",
+            "optimizer_params": {"amsgrad": True, "weight_decay": 0.0},
+            "scheduler": "CosineAnnealingLR",
+            "T_max": steps,
+            "eta_min": lr / 25,
+            "max_epochs": epochs,
+            "ema_decay": 0.99,
+            "clip_grad_norm": 10,
+        },
+    }
+
+
+def relax_config(
+    config: dict,
+    relax_src: str | os.PathLike,
+    traj_dir: str | os.PathLike,
+    steps: int = RELAX_STEPS,
+    fmax: float = RELAX_FMAX,
+    batch_size: int = 12,
+    save_full_traj: bool = True,
+) -> dict:
+    """``config`` plus what ``--mode run-relaxations`` needs on an IS2RE/IS2RS LMDB file.
+
+    ``save_full_traj`` stays True: fairchem stops writing a system's frames once it
+    converges, so with False a system converged before its batch finishes keeps only its
+    initial frame (see :func:`trajectory_last_frames`)."""
+    config = copy.deepcopy(config)
+    config["dataset"]["relax"] = {
+        "use_train_settings": False,  # no energy/force labels, no normalizer transform
+        "format": "lmdb",
+        "src": str(Path(relax_src).resolve()),
+        "key_mapping": {"y_relaxed": "energy_relaxed"},  # for fairchem's val metrics
+    }
+    config["task"] = {
+        "relaxation_steps": steps,
+        "relaxation_fmax": fmax,
+        "write_pos": True,
+        "save_full_traj": save_full_traj,
+        "relax_opt": {**RELAX_OPT, "traj_dir": str(Path(traj_dir).resolve())},
+    }
+    config["optim"]["eval_batch_size"] = batch_size
+    return config
