@@ -406,7 +406,7 @@ def test_conservative_config(path, tmp_path, monkeypatch):
         assert train["format"] == "oc22_lmdb"
         assert train["transforms"]["element_references"]["energy"]["file"].endswith(".npz")
     # the model builds through fairchem's registry, with the reference's energy-only count
-    n_ours, _ = _our_counts(yaml.safe_dump(cfg["model"], sort_keys=True))
+    n_ours, _, _ = _our_counts(yaml.safe_dump(cfg["model"], sort_keys=True))
     reference = dict(model, regress_forces=False)
     n_ref = _reference_counts(yaml.safe_dump(reference, sort_keys=True))[1]
     assert n_ours == n_ref == CONSERVATIVE_PARAMS

@@ -37,12 +37,16 @@ class _TransposedBmm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, d, y):  # noqa: ANN001, ANN205
+        # autocast does not reach inside a Function: compute in the wider of the two dtypes
+        dtype = torch.promote_types(d.dtype, y.dtype)
+        d, y = d.to(dtype), y.to(dtype)
         ctx.save_for_backward(d, y if ctx.needs_input_grad[0] else None)
         return torch.bmm(d.transpose(1, 2), y)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         d, y = ctx.saved_tensors
+        grad = grad.to(d.dtype)
         grad_d = torch.bmm(y, grad.transpose(1, 2)) if ctx.needs_input_grad[0] else None
         grad_y = torch.bmm(d, grad) if ctx.needs_input_grad[1] else None
         return grad_d, grad_y

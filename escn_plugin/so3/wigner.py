@@ -200,8 +200,8 @@ class WignerRows(torch.nn.Module):
         x, y, z = rotated.unbind(1)  # [E, N] each
         harmonics = torch.stack(_legendre_trig_products(x, y, z, self.rows))  # [J, E, N]
         rows = torch.bmm(harmonics, self.blocks.to(dtype))  # [J, E, 2L+1]: rows of D^l
-        rows = rows.transpose(0, 1).reshape(rot.shape[0], -1)  # [E, J (2L+1)]
-        return rows.index_select(1, self.gather).view(*batch, -1)
+        rows = rows.transpose(0, 1).flatten(1)  # [E, J (2L+1)]
+        return rows.index_select(1, self.gather).view(*batch, self.gather.shape[0])
 
 
 @cache
