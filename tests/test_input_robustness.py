@@ -14,25 +14,14 @@ from ase import Atoms
 from ase.build import molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 from fairchem.core.preprocessing import AtomsToGraphs
+from fairchem_run import SMALL_MODEL
 from structures import slabs
 from torch_geometric.data import Batch
 
 import escn_plugin
 from escn_plugin.graph import wrap_positions
 
-TINY = dict(
-    num_layers=2,
-    lmax_list=[2],
-    mmax_list=[1],
-    sphere_channels=8,
-    hidden_channels=8,
-    edge_channels=8,
-    num_sphere_samples=16,
-    cutoff=5.0,
-    max_neighbors=12,
-    otf_graph=True,
-    distance_resolution=0.1,
-)
+TINY = dict(SMALL_MODEL, cutoff=5.0)  # the CLI tests' tiny model, shorter cutoff
 
 
 def tiny(dtype=torch.float32, **kwargs) -> escn_plugin.eSCN:
