@@ -72,7 +72,7 @@ from ase.data import chemical_symbols
 from ase.geometry import wrap_positions
 from torch_geometric.data import Data
 
-from escn_plugin.datasets.oc20_emt import read_lmdb, write_lmdb
+from escn_plugin.datasets.oc20_emt import METALS, SPLITS, read_lmdb, write_lmdb
 
 __all__ = [
     "FORMAT_VERSION",
@@ -87,8 +87,6 @@ __all__ = [
 #: bumped whenever the generated content changes, so old directories are rebuilt
 FORMAT_VERSION = 1
 
-METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
-SPLITS = ("train", "val", "test")
 SLAB_EVERY = 4  # every 4th frame of a split is a slab, the rest bulk cells
 VOLUMETRIC_STRAIN = (-0.03, 0.03)  # range of the isotropic strain
 STRAIN_STD = 0.02  # sigma of each independent entry of the symmetric strain
