@@ -22,6 +22,10 @@ reference config works by changing only ``name``. Additions, all optional:
   the same block computed edge by edge, kept as oracles);
 * ``resolution``: as the reference (one int for both grid axes), or a [res_beta, res_alpha]
   pair; finer grids make the point-wise non-linearities closer to exactly equivariant;
+* ``node_resolution`` (None = as ``resolution``): the node-update grid alone. Only the
+  edge grid's ``res_alpha`` (the roll about the edge) matters for equivariance there, while
+  the node grid sees every rotation and has far fewer points to pay for (N << E), so a
+  fine node grid with a modest edge grid is the cheap way to an equivariant trained model;
 * ``readout_grid`` (None): sample the output heads on an e3nn S2 grid ([res_beta,
   res_alpha]) with quadrature weights instead of the reference's ``num_sphere_samples``
   Fibonacci points; the force head is then equivariant to quadrature accuracy (the
@@ -138,6 +142,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         distance_resolution: float = 0.02,
         show_timing_info: bool = False,
         resolution: int | list[int] | None = None,
+        node_resolution: int | list[int] | None = None,
         activation_checkpoint: bool | None = False,
         rotation_backend: str = "polynomial",
         so2_impl: str = "factored",
@@ -206,7 +211,9 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         )
         self.envelope = None if envelope_exponent is None else PolynomialEnvelope(envelope_exponent)
         edge_grid_act = EdgeGridActivation(self.layout, nn.SiLU(), resolution)
-        node_grid = node_grid_sampler(self.layout, resolution)
+        node_grid = node_grid_sampler(
+            self.layout, resolution if node_resolution is None else node_resolution
+        )
         self.layers = nn.ModuleList(
             InteractionLayer(
                 MessageBlock(
