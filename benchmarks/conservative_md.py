@@ -205,39 +205,12 @@ def force_mae(calc, frames) -> float:
 
 
 def nve(calc, steps: int, seed: int = 7) -> dict:
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-    from ase.md.verlet import VelocityVerlet
+    """NVE from a rattled 32-atom Cu cell at 300 K, 1 fs steps."""
+    from escn_plugin.workflows.md import nve_energy_drift
 
     atoms = bulk_cu()
     atoms.rattle(0.02, seed=seed)
-    atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(seed))
-    Stationary(atoms)
-    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
-    e_pot, e_kin = [], []
-
-    def record():
-        e_pot.append(atoms.get_potential_energy())
-        e_kin.append(atoms.get_kinetic_energy())
-
-    dyn.attach(record, interval=1)
-    start = time.process_time()
-    dyn.run(steps)
-    cpu = time.process_time() - start
-    e_tot = np.array(e_pot) + np.array(e_kin)
-    t_ps = np.arange(len(e_tot)) * 1e-3
-    slope = np.polyfit(t_ps, e_tot, 1)[0]
-    return dict(
-        steps=steps,
-        drift_ev_per_atom_ps=float(slope / len(atoms)),
-        abs_drift_ev_per_atom_ps=float(abs(slope) / len(atoms)),
-        etot_std_ev=float(e_tot.std()),
-        etot_range_ev=float(e_tot.max() - e_tot.min()),
-        ekin_std_ev=float(np.std(e_kin)),
-        final_temperature_K=float(atoms.get_temperature()),
-        cpu_s=cpu,
-    )
+    return nve_energy_drift(atoms, calc, steps=steps, timestep_fs=1.0, temperature_K=300, seed=seed)
 
 
 def main(argv=None) -> dict:

@@ -16,7 +16,8 @@
 4. ``fairchem --mode run-relaxations`` on the IS2RS test split; IS2RE energy MAE / EwT (the
    model's energy at the relaxed positions, through ``OCPCalculator``) and IS2RS ADwT /
    mean distance are computed here (fairchem 1.10's own IS2RE number is wrong);
-5. the trained model's rotation error on test structures;
+5. the trained model's rotation error on test structures and its NVE energy drift (vs
+   EMT's own) from one relaxed test structure;
 6. report: learning curve, energy/force MAE vs train-mean, element-reference and
    zero-force baselines, relaxation metrics, rotation error, ``OUT/learning_curve.png``,
    ``OUT/parity.png``, ``OUT/report.md`` and ``OUT/results.json``.
@@ -40,6 +41,7 @@ from escn_plugin.check_data import check_lmdb
 from escn_plugin.workflows.configs import (
     DATA_WORKERS,
     DEMO_EPOCHS,
+    NVE_STEPS,
     RELAX_FMAX,
     RELAX_STEPS,
     ROTATION_CHECK_STRUCTURES,
@@ -57,6 +59,7 @@ from escn_plugin.workflows.fairchem_runner import (
     train,
     validate,
 )
+from escn_plugin.workflows.md import nve_drift
 from escn_plugin.workflows.plots import learning_curve_plot, parity_plot
 from escn_plugin.workflows.progress import log
 from escn_plugin.workflows.relaxation_metrics import relaxation_metrics
@@ -155,6 +158,14 @@ def run_demo(
         f"{rotation['energy_error_max']:.1e} eV (max)"
     )
 
+    system = records(relax_src)[0]
+    log(f"[5/6] NVE energy drift ({NVE_STEPS} steps) on IS2RS system {int(system.sid)}")
+    nve = nve_drift(checkpoint, system, steps=NVE_STEPS, seed=seed)
+    log(
+        f"drift {nve['model']['drift_ev_per_atom_ps']:+.2e} eV/atom/ps "
+        f"(EMT {nve['emt']['drift_ev_per_atom_ps']:+.2e})"
+    )
+
     log("[6/6] report")
     baseline = {
         split: {
@@ -197,6 +208,7 @@ def run_demo(
         "relax_max_steps_taken": relaxation_steps_taken(relaxed["log"]),
         "relax": relax,
         "rotation": rotation,
+        "nve": nve,
         "submission": str(submission),
         "submission_keys": {k: list(v) for k, v in keys.items()},
         "files": {

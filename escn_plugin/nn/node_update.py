@@ -17,28 +17,70 @@ class NodeUpdate(nn.Module):
     Every resolution is sampled on the grid of the largest lmax (``grid``, from
     :func:`~escn_plugin.so3.projections.node_grid_sampler`); the R resolutions' channels sit
     side by side, so the MLP maps 2 R C -> R C.
+
+    Computed as written, but with the two linear maps next to the grid moved to the
+    coefficient side, where there are K coefficients instead of G grid points (G = 90 to
+    840 for K = 9 to 49): sampling acts on the coefficient index and ``fc1``/``fc3`` on
+    channels, so they commute. With T [G, R, K] (sampling) and F [G, R, K] (quadrature),
+    r(k) the resolution of coefficient k, W1 = [W1x | W1m] and W3 in blocks of C channels::
+
+        h[n, k]    = W1x[:, r(k)] x[n, k] + W1m[:, r(k)] m[n, k]      # [N, K, R C]
+        z[n, g]    = SiLU(fc2(SiLU(sum_k T[g, r(k), k] h[n, k])))     # [N, G, R C]
+        out[n, k]  = W3[r(k), :] sum_g F[g, r(k), k] z[n, g]          # [N, K, C]
+
+    which equals the grid-side form exactly (same parameters; float rounding aside) and
+    needs no [N, G, 2 R C] concatenation.
     """
 
     def __init__(self, grid: SphereSampler, sphere_channels: int) -> None:
         super().__init__()
         width = grid.num_resolutions * sphere_channels
+        self.sphere_channels = sphere_channels
         self.grid = grid  # constants only: one instance is shared by all layers
         self.fc1 = nn.Linear(2 * width, width, bias=False)
         self.fc2 = nn.Linear(width, width, bias=False)
         self.fc3 = nn.Linear(width, width, bias=False)
         self.act = nn.SiLU()
+        # contiguous coefficient blocks of each resolution: [(res, start, stop)]
+        res_of_k = grid.to_matrix.abs().sum(0).argmax(0).tolist()  # [K]
+        self.blocks = [
+            (r, res_of_k.index(r), len(res_of_k) - res_of_k[::-1].index(r))
+            for r in range(grid.num_resolutions)
+        ]
 
     def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         """``x, message [N, K, C] -> [N, K, C]``.
 
-        In training the grid values ([N, G, 2RC] and the MLP's activations, ~7x the size of
-        x) are recomputed in the backward from x and message instead of being kept.
+        In training the grid values ([N, G, RC] and the MLP's activations) are recomputed
+        in the backward from x and message instead of being kept.
         """
         if torch.is_grad_enabled() and (x.requires_grad or message.requires_grad):
             return checkpoint(self._update, x, message, use_reentrant=False)
         return self._update(x, message)
 
     def _update(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
-        grid = torch.cat((self.grid(x), self.grid(message)), dim=-1)  # [N, G, 2RC]
-        grid = self.fc3(self.act(self.fc2(self.act(self.fc1(grid)))))  # [N, G, RC]
-        return self.grid.inverse(grid)
+        width = self.fc2.in_features
+        c = self.sphere_channels
+        w1x, w1m = self.fc1.weight[:, :width], self.fc1.weight[:, width:]  # [RC, RC] each
+        if len(self.blocks) == 1:
+            h = x @ w1x.T + message @ w1m.T  # [N, K, C]
+            grid = torch.matmul(self.grid.to_matrix[:, 0].to(x.dtype), h)  # [N, G, C]
+            grid = self.act(self.fc2(self.act(grid)))
+            back = torch.matmul(self.grid.from_matrix[:, 0].to(x.dtype).T, grid)  # [N, K, C]
+            return back @ self.fc3.weight.T
+        to_matrix = self.grid.to_matrix.sum(1).to(x.dtype)  # [G, K]
+        from_matrix = self.grid.from_matrix.sum(1).to(x.dtype)  # [G, K]
+        h = torch.cat(
+            [
+                x[:, a:b] @ w1x[:, r * c : (r + 1) * c].T
+                + message[:, a:b] @ w1m[:, r * c : (r + 1) * c].T
+                for r, a, b in self.blocks
+            ],
+            dim=1,
+        )  # [N, K, RC]
+        grid = self.act(self.fc2(self.act(torch.matmul(to_matrix, h))))  # [N, G, RC]
+        back = torch.matmul(from_matrix.T, grid)  # [N, K, RC]
+        return torch.cat(
+            [back[:, a:b] @ self.fc3.weight[r * c : (r + 1) * c].T for r, a, b in self.blocks],
+            dim=1,
+        )  # [N, K, C]

@@ -45,6 +45,8 @@ RELAX_OPT = {"maxstep": 0.04, "memory": 50, "damping": 1.0, "alpha": 70.0}
 DATA_WORKERS = 2
 #: test structures (x 2 random rotations) for the trained model's rotation error
 ROTATION_CHECK_STRUCTURES = 8
+#: NVE energy-drift run in the report: velocity-Verlet steps (1 fs, 300 K)
+NVE_STEPS = 200
 
 
 def s2ef_config(

@@ -120,7 +120,29 @@ def format_report(results: dict[str, Any]) -> str:
             "(positions and cell), float32 through `OCPCalculator`: force error "
             f"max |F(Rx) - R F(x)| / max |F(x)| = {rot['force_error_max']:.1e} (median "
             f"{rot['force_error_median']:.1e}); energy error |E(Rx) - E(x)| = "
-            f"{rot['energy_error_max']:.1e} eV (median {rot['energy_error_median']:.1e}).",
+            f"{rot['energy_error_max']:.1e} eV (median {rot['energy_error_median']:.1e}); "
+            f"largest force {rot['max_force']:.2f} eV/A.",
+        ]
+    md = r.get("nve")
+    if md is not None:
+        m, f = md["model"], md["emt"]
+        lines += [
+            "",
+            "## NVE energy drift",
+            "",
+            f"Velocity Verlet, {m['steps']} steps of {m['timestep_fs']:g} fs from "
+            f"{m['temperature_K']:.0f} K, {md['system']} ({m['natoms']} atoms, sub-surface "
+            "atoms fixed), through `OCPCalculator`; drift = slope of E_pot + E_kin:",
+            "",
+            "| forces | drift (eV/atom/ps) | E_tot std (eV) | E_kin std (eV) |",
+            "|---|---|---|---|",
+            f"| eSCN (direct forces, as the paper) | {m['drift_ev_per_atom_ps']:+.2e} | "
+            f"{m['etot_std_ev']:.2e} | {m['ekin_std_ev']:.2e} |",
+            f"| EMT (the labels; conservative) | {f['drift_ev_per_atom_ps']:+.2e} | "
+            f"{f['etot_std_ev']:.2e} | {f['ekin_std_ev']:.2e} |",
+            "",
+            "Direct forces are not the gradient of the model's energy, so E_tot need not be "
+            "conserved; `direct_forces: False` (README, conservative forces) makes them so.",
         ]
     lines += [
         "",
