@@ -42,10 +42,12 @@ never see any of this (plain tensors, our rotations). The heads need one resolut
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import numbers
 from collections.abc import Iterator
+from functools import cache
 from typing import Any
 
 import torch
@@ -138,6 +140,23 @@ def eqv2_head_settings(config: dict[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
+@cache
+def _so3_grid(lmax: int, resolution: int | None) -> ModuleListInfo:
+    """EquiformerV2's ``SO3_grid``: ``[l][m]`` -> fairchem's ``SO3_Grid`` of degree l and
+    order m (l, m <= lmax), in float64. Built once per process (about 0.5 s at lmax 3);
+    each model gets a copy."""
+    grid = ModuleListInfo(f"({lmax}, {lmax})")
+    with float64_default():
+        for degree in range(lmax + 1):
+            grid.append(
+                nn.ModuleList(
+                    SO3_Grid(degree, order, resolution=resolution, normalization="component")
+                    for order in range(lmax + 1)
+                )
+            )
+    return grid
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """fairchem's ``set_wigner`` allocates its matrices in torch's default dtype."""
@@ -182,17 +201,8 @@ class EqV2HeadSupport:
 
     def _build_eqv2_module(self, name: str) -> nn.Module:
         lmax = self.lmax_list[0]
-        if name == "SO3_grid":  # [l][m] -> S2 grid of degree l, order m (as EquiformerV2)
-            grid = ModuleListInfo(f"({lmax}, {lmax})")
-            resolution = self.eqv2_head_config["grid_resolution"]
-            for degree in range(lmax + 1):
-                grid.append(
-                    nn.ModuleList(
-                        SO3_Grid(degree, order, resolution=resolution, normalization="component")
-                        for order in range(lmax + 1)
-                    )
-                )
-            return grid
+        if name == "SO3_grid":
+            return copy.deepcopy(_so3_grid(lmax, self.eqv2_head_config["grid_resolution"]))
         if name == "mappingReduced":
             return CoefficientMappingModule(list(self.lmax_list), list(self.mmax_list))
         if name == "SO3_rotation":
