@@ -18,6 +18,7 @@ import copy
 
 import fairchem.core.models.base  # noqa: F401  (registers "hydra")
 import fairchem.core.models.equiformer_v2.equiformer_v2  # noqa: F401  (registers the heads)
+import numpy as np
 import pytest
 import torch
 from fairchem.core.common.registry import registry
@@ -209,3 +210,35 @@ def test_without_eqv2_heads_unchanged():
 def test_eqv2_head_config_errors(change, message):
     with pytest.raises(ValueError, match=message):
         hydra(dict(BACKBONE, **change), EQV2_HEADS)
+
+
+@pytest.mark.slow  # ~20 s: the stock fairchem command, train then predict
+def test_eqv2_heads_cli_train_predict(tmp_path):
+    """``fairchem --mode train`` (a few steps) then ``--mode predict`` from its checkpoint,
+    with fairchem's EquiformerV2 energy and force heads on our backbone (generated EMT
+    data): the loss is logged, the checkpoint holds the heads, the predictions are finite."""
+    from fairchem_run import SMALL_MODEL, logged, only, run_fairchem
+    from test_s2efs_e2e import s2efs_config
+
+    from escn_plugin.datasets.emt_stress import generate
+
+    root = generate(tmp_path / "data", seed=0, num_train=8, num_val=4, num_test=4)
+    model = {
+        "name": "hydra",
+        "backbone": {"model": "escn_plugin.eSCNBackbone", **SMALL_MODEL},
+        "heads": copy.deepcopy(EQV2_HEADS),
+        "pass_through_head_outputs": True,
+    }
+    model["backbone"]["eqv2_heads"] = dict(SMALL_EQV2)
+    config = s2efs_config(root, model, max_epochs=2, stress=False)
+    log = run_fairchem(config, tmp_path / "train", "train")
+    forces_mae = logged(log, "forces_mae")
+    assert forces_mae and all(np.isfinite(forces_mae)), log[-3000:]
+    checkpoint = only(list((tmp_path / "train").glob("checkpoints/*/checkpoint.pt")))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert any(".output_heads.forces.force_block.so2_conv_1." in k for k in state)
+
+    run_fairchem(config, tmp_path / "predict", "predict", "--checkpoint", str(checkpoint))
+    pred = np.load(only(list((tmp_path / "predict").glob("results/*/ocp_predictions.npz"))))
+    assert len(pred["energy"]) == 4 and np.isfinite(pred["energy"]).all()
+    assert pred["forces"].shape[-1] == 3 and np.isfinite(pred["forces"]).all()
