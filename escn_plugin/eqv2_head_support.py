@@ -172,10 +172,19 @@ class EqV2HeadSupport:
     """Mixin for a backbone with ``lmax_list``, ``mmax_list``, ``sphere_channels``,
     ``max_num_elements``, ``activation_checkpoint`` and ``distance_expansion``: the
     attributes and modules fairchem's EquiformerV2 heads read (see the module docstring).
-    Call :meth:`init_eqv2_head_support` in ``__init__`` and :meth:`eqv2_graph` in forward."""
+    Set :attr:`eqv2_heads` in ``__init__`` and call :meth:`eqv2_graph` in forward."""
 
-    def init_eqv2_head_support(self, config: dict[str, Any] | None) -> None:
+    @property
+    def eqv2_heads(self) -> dict[str, Any]:
+        """The settings in use. Assigning a dict re-checks it and applies it to the heads
+        built afterwards, so fairchem's ``finetune_config: {override: {eqv2_heads: {...}}}``
+        sizes eqV2 heads added to a checkpoint (heads built before keep their modules)."""
+        return dict(self.eqv2_head_config)
+
+    @eqv2_heads.setter
+    def eqv2_heads(self, config: dict[str, Any] | None) -> None:
         settings = eqv2_head_settings(config)
+        previous = self.__dict__.get("eqv2_head_config", {})
         self.eqv2_head_config = settings
         for key in EQV2_HEAD_SETTINGS:
             if key not in ("edge_channels", "use_atom_edge_embedding", "grid_resolution"):
@@ -184,7 +193,9 @@ class EqV2HeadSupport:
         num_basis = int(self.distance_expansion.num_output)
         self.edge_channels_list = [num_basis] + [settings["edge_channels"]] * 2
         # built on first use, held by the heads (a plain dict: not registered here)
-        self.eqv2_modules: dict[str, nn.Module] = {}
+        modules: dict[str, nn.Module] = self.__dict__.setdefault("eqv2_modules", {})
+        if previous.get("grid_resolution") != settings["grid_resolution"]:
+            modules.pop("SO3_grid", None)  # the rotations stay shared (set each forward)
 
     def _eqv2_module(self, name: str) -> nn.Module:
         if name not in self.eqv2_modules:

@@ -248,7 +248,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         # l = 0 coefficient of each resolution, in the full layout
         l0 = [self.layout.res_slice(i).start for i in range(self.num_resolutions)]
         self.register_buffer("l0_index", torch.tensor(l0), persistent=False)
-        self.init_eqv2_head_support(eqv2_heads)  # settings only; modules on first use
+        self.eqv2_heads = eqv2_heads  # settings only; their modules are built on first use
 
     def embed_atoms(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """``[N] -> [N, K, C]``: element embedding on each resolution's l = 0, zero else."""

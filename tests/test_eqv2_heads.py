@@ -242,3 +242,57 @@ def test_eqv2_heads_cli_train_predict(tmp_path):
     pred = np.load(only(list((tmp_path / "predict").glob("results/*/ocp_predictions.npz"))))
     assert len(pred["energy"]) == 4 and np.isfinite(pred["energy"]).all()
     assert pred["forces"].shape[-1] == 3 and np.isfinite(pred["forces"]).all()
+
+
+def test_eqv2_heads_setting_override():
+    """Assigning ``backbone.eqv2_heads`` (what fairchem's ``finetune_config.override``
+    does) sizes the heads built afterwards and is checked like the constructor key."""
+    model = hydra(BACKBONE, OUR_HEADS)
+    model.backbone.eqv2_heads = dict(SMALL_EQV2, num_heads=4, grid_resolution=10)
+    head = registry.get_model_class("equiformerV2_vector_head")(model.backbone)
+    assert head.force_block.num_heads == 4
+    assert model.backbone.eqv2_heads["num_heads"] == 4
+    assert head.force_block.SO3_grid[3][2].lat_resolution == 10
+    with pytest.raises(ValueError, match="unknown key"):
+        model.backbone.eqv2_heads = {"heads": 4}
+
+
+@pytest.mark.slow  # ~40 s: two fairchem trainings
+def test_eqv2_heads_finetune_onto_checkpoint(tmp_path):
+    """fairchem's fine-tuning: eqV2 energy and force heads (sized through
+    ``finetune_config.override``) replace our heads on a trained energy/forces
+    checkpoint; with ``freeze_backbone`` its weights come out unchanged."""
+    from fairchem_run import SMALL_MODEL, hydra_model, logged, only, run_fairchem
+    from test_s2efs_e2e import s2efs_config
+
+    from escn_plugin.datasets.emt_stress import generate
+
+    root = generate(tmp_path / "data", seed=0, num_train=8, num_val=4, num_test=4)
+    run_fairchem(
+        s2efs_config(root, hydra_model(SMALL_MODEL), max_epochs=1, stress=False),
+        tmp_path / "ef",
+        "train",
+    )
+    start = only(list((tmp_path / "ef").glob("checkpoints/*/checkpoint.pt")))
+    model = {
+        "name": "hydra",
+        "finetune_config": {
+            "starting_checkpoint": str(start),
+            "override": {"eqv2_heads": dict(SMALL_EQV2, num_heads=4)},
+        },
+        "heads": copy.deepcopy(EQV2_HEADS),
+        "freeze_backbone": True,
+        "otf_graph": True,
+        "pass_through_head_outputs": True,
+    }
+    log = run_fairchem(
+        s2efs_config(root, model, max_epochs=1, stress=False), tmp_path / "ft", "train"
+    )
+    assert logged(log, "forces_mae"), log[-3000:]
+    tuned = only(list((tmp_path / "ft").glob("checkpoints/*/checkpoint.pt")))
+    tuned_state = torch.load(tuned, map_location="cpu", weights_only=False)["state_dict"]
+    start_state = torch.load(start, map_location="cpu", weights_only=False)["state_dict"]
+    backbone = [k for k in start_state if ".backbone." in k]
+    assert backbone and all(torch.equal(tuned_state[k], start_state[k]) for k in backbone)
+    alpha = [v for k, v in tuned_state.items() if k.endswith("force_block.alpha_dot")]
+    assert len(alpha) == 1 and alpha[0].shape[0] == 4  # num_heads from the override
