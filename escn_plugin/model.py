@@ -46,6 +46,10 @@ Energy-conserving mode (see :mod:`escn_plugin.energy_gradients`):
   energy is smooth when neighbours enter or leave the cutoff sphere;
 * ``enforce_max_neighbors_strictly`` (True, fairchem's default): False keeps every
   neighbour tied at the ``max_neighbors``-th distance (as eSEN configs do).
+
+fairchem's EquiformerV2 heads: ``eqv2_heads`` (None = EquiformerV2's defaults) sets what
+they read of the backbone, e.g. ``{num_heads: 4, ffn_hidden_channels: 64}``; see
+:mod:`escn_plugin.eqv2_head_support`.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from torch.utils.checkpoint import checkpoint
 from escn_plugin.backends import ROTATION_BACKENDS
 from escn_plugin.config_checks import check_backbone_config
 from escn_plugin.energy_gradients import energy_gradients, periodic_edge_vectors, strain_inputs
+from escn_plugin.eqv2_head_support import EqV2HeadSupport
 from escn_plugin.graph import RadiusGraphMixin
 from escn_plugin.input_checks import check_atoms, check_cells, check_edges, check_overlaps
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
@@ -112,7 +117,7 @@ def readout_points(
     return points, weights / weights.sum()
 
 
-class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
+class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSupport):
     """eSCN backbone: node embeddings and their values on sphere points.
 
     Returns ``{"sphere_values": [N, P, R*C], "sphere_points": [P, 3], "sphere_weights": [P],
@@ -154,6 +159,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         regress_stress: bool = False,
         envelope_exponent: int | None = None,
         enforce_max_neighbors_strictly: bool = True,
+        eqv2_heads: dict | None = None,
     ) -> None:
         super().__init__()
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -242,6 +248,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
         # l = 0 coefficient of each resolution, in the full layout
         l0 = [self.layout.res_slice(i).start for i in range(self.num_resolutions)]
         self.register_buffer("l0_index", torch.tensor(l0), persistent=False)
+        self.eqv2_heads = eqv2_heads  # settings only; their modules are built on first use
 
     def embed_atoms(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """``[N] -> [N, K, C]``: element embedding on each resolution's l = 0, zero else."""
@@ -322,7 +329,8 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
             check_edges(data, graph.edge_index, graph.edge_distance)
 
         vec = graph.edge_distance_vec
-        wigner = self.rotation(vec, self.edge_rolls(vec.shape[0], vec))  # [E, nnz]
+        roll = self.edge_rolls(vec.shape[0], vec)  # [E] or None
+        wigner = self.rotation(vec, roll)  # [E, nnz]
         basis = self.distance_expansion(graph.edge_distance)  # [E, num_basis]
         x = self.embed_atoms(atomic_numbers)  # [N, K, C]
         wigner = message_edges(wigner.to(x.dtype), graph.edge_index, x.shape[0])
@@ -344,7 +352,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface):
             "sphere_points": self.sphere_points,
             "sphere_weights": self.sphere_weights,
             "node_embedding": as_so3_embedding(x, self.lmax_list),
-            "graph": graph,
+            "graph": self.eqv2_graph(graph, basis, roll),  # as is without eqV2 heads
         }
 
 
