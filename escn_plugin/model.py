@@ -32,6 +32,10 @@ reference config works by changing only ``name``. Additions, all optional:
   Fibonacci readout limits force equivariance to ~1e-1..1e-4 depending on P);
 * ``random_roll`` (False): draw a random roll of each edge frame per forward pass in
   training, as the reference always does; off by default so outputs are reproducible;
+* ``random_grid_rotation`` (False): in training, turn the node-update grid (per layer) and
+  the readout points by random rotations each step (see
+  :class:`~escn_plugin.nn.node_update.NodeUpdate`), so the trained model cannot lean on
+  the grids' aliasing and stays closer to equivariant; evaluation uses the fixed grids;
 * ``validate_inputs`` (True): clear errors for bad atomic numbers, positions, overlaps;
 * ``compile_layers`` (False): ``torch.compile`` the interaction layers (dynamic shapes).
 
@@ -57,6 +61,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from e3nn import o3
 from e3nn.o3 import ToS2Grid
 from fairchem.core.models.base import BackboneInterface, HeadInterface
 from fairchem.core.models.gemnet.layers.radial_basis import PolynomialEnvelope
@@ -86,6 +91,7 @@ from escn_plugin.so3.projections import (
     sphere_points_sampler,
 )
 from escn_plugin.so3.s2_grid import float64_default, grid_resolution, s2_grid_matrices
+from escn_plugin.so3.wigner import layout_wigner
 
 __all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyGradientHead", "eSCNEnergyHead", "eSCNForceHead"]
 
@@ -152,6 +158,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         rotation_backend: str = "polynomial",
         so2_impl: str = "factored",
         random_roll: bool = False,
+        random_grid_rotation: bool = False,
         validate_inputs: bool = True,
         readout_grid: int | list[int] | None = None,
         compile_layers: bool = False,
@@ -206,6 +213,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         self.num_sphere_samples = num_sphere_samples
         self.activation_checkpoint = bool(activation_checkpoint)
         self.random_roll = random_roll
+        self.random_grid_rotation = bool(random_grid_rotation)
         self.validate_inputs = validate_inputs
         self.act = nn.SiLU()  # read by fairchem's escn_energy_head / escn_force_head
 
@@ -233,7 +241,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
                     so2_impl,
                     scalar_input=i == 0,  # x holds only l = 0 before the first layer
                 ),
-                NodeUpdate(node_grid, sphere_channels),
+                NodeUpdate(node_grid, sphere_channels, random_rotation=random_grid_rotation),
             )
             for i in range(num_layers)
         )
@@ -347,9 +355,16 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             )
         run_layers = self._compiled_layers or self.run_layers
         x = run_layers(x, basis, atomic_numbers, graph.edge_index, wigner, edge_weight)
+        sampled, points = x, self.sphere_points  # [N, K, C], [P, 3]
+        if self.random_grid_rotation and self.training:
+            # readout points q_p = Q^T p: values there are those of D(Q) x at p
+            rot = o3.rand_matrix(dtype=torch.float64)  # [3, 3]
+            wigner_q = layout_wigner(rot, self.lmax_list).to(device=x.device, dtype=x.dtype)
+            sampled = torch.einsum("jk,nkc->njc", wigner_q, x)
+            points = (points.double() @ rot.to(points.device)).to(points.dtype)
         return {
-            "sphere_values": self.sphere_sampler(x),  # [N, P, R*C]
-            "sphere_points": self.sphere_points,
+            "sphere_values": self.sphere_sampler(sampled),  # [N, P, R*C]
+            "sphere_points": points,
             "sphere_weights": self.sphere_weights,
             "node_embedding": as_so3_embedding(x, self.lmax_list),
             "graph": self.eqv2_graph(graph, basis, roll),  # as is without eqV2 heads

@@ -59,6 +59,33 @@ def test_random_roll_mode_is_opt_in_and_only_in_training():
     torch.testing.assert_close(c["energy"], a["energy"], rtol=1e-3, atol=0)
 
 
+
+def test_random_grid_rotation_only_in_training_and_exact_on_fine_grids():
+    """Turning the node grids and readout points changes nothing an exact quadrature would
+    see: on fine grids the training-mode outputs equal the fixed-grid ones (a wrong
+    rotation of the points or coefficients would be off by O(1)); on coarse grids they
+    differ (the aliasing the option exposes to training); eval is the fixed-grid model."""
+    batch = make_batch(slabs())
+    plain = model()
+    turned = model(random_grid_rotation=True)  # same seed: same weights
+    a, b = plain(batch), turned(batch)
+    assert torch.equal(a["energy"], b["energy"]) and torch.equal(a["forces"], b["forces"])
+
+    fine = dict(resolution=[12, 13], node_resolution=[24, 25], readout_grid=[40, 41])
+    fixed = model(**fine)(batch)
+    rotated = model(random_grid_rotation=True, **fine).train()
+    torch.manual_seed(3)
+    c = rotated(batch)
+    scale = fixed["forces"].abs().max().item()
+    torch.testing.assert_close(c["energy"], fixed["energy"], rtol=1e-9, atol=0)
+    torch.testing.assert_close(c["forces"], fixed["forces"], rtol=0, atol=1e-7 * scale)
+    torch.manual_seed(3)
+    assert torch.equal(rotated(batch)["forces"], c["forces"])  # seeded: reproducible
+
+    coarse = model(random_grid_rotation=True, readout_grid=[8, 9]).train()
+    d = coarse(batch)
+    assert (d["forces"] - model(readout_grid=[8, 9])(batch)["forces"]).abs().max() > 1e-6 * scale
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_rotation_equivariance_default_and_fine_grid(float64_default, seed):
     """Energy invariant, forces rotate. The S2 grids and the readout sphere points make the

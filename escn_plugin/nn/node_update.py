@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+from e3nn import o3
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.so3.projections import SphereSampler
+from escn_plugin.so3.wigner import layout_wigner
 
 __all__ = ["NodeUpdate"]
 
@@ -30,9 +32,18 @@ class NodeUpdate(nn.Module):
 
     which equals the grid-side form exactly (same parameters; float rounding aside) and
     needs no [N, G, 2 R C] concatenation.
+
+    ``random_rotation`` (training only): turn the grid by a random rotation Q per call,
+    i.e. compute D(Q)^T update(D(Q) x, D(Q) m) with D the block-diagonal Wigner-D. For a
+    band-limited, exactly integrated MLP this changes nothing (the update is equivariant);
+    on a finite grid the MLP output aliases, so a fixed grid lets training learn features
+    tied to the grid's orientation, which then break rotation equivariance. With a
+    different grid orientation each step, that aliasing becomes noise the loss penalises.
     """
 
-    def __init__(self, grid: SphereSampler, sphere_channels: int) -> None:
+    def __init__(
+        self, grid: SphereSampler, sphere_channels: int, random_rotation: bool = False
+    ) -> None:
         super().__init__()
         width = grid.num_resolutions * sphere_channels
         self.sphere_channels = sphere_channels
@@ -47,6 +58,8 @@ class NodeUpdate(nn.Module):
             (r, res_of_k.index(r), len(res_of_k) - res_of_k[::-1].index(r))
             for r in range(grid.num_resolutions)
         ]
+        self.random_rotation = bool(random_rotation)
+        self.lmax_list = [round((b - a) ** 0.5) - 1 for _, a, b in self.blocks]
 
     def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         """``x, message [N, K, C] -> [N, K, C]``.
@@ -54,6 +67,20 @@ class NodeUpdate(nn.Module):
         In training the grid values ([N, G, RC] and the MLP's activations) are recomputed
         in the backward from x and message instead of being kept.
         """
+        if self.random_rotation and self.training:
+            wigner = self.random_wigner(x)  # [K, K]
+            x = torch.einsum("jk,nkc->njc", wigner, x)
+            message = torch.einsum("jk,nkc->njc", wigner, message)
+            return torch.einsum("kj,nkc->njc", wigner, self._checkpointed(x, message))
+        return self._checkpointed(x, message)
+
+    def random_wigner(self, like: torch.Tensor) -> torch.Tensor:
+        """Block-diagonal real Wigner-D ``[K, K]`` of a uniformly random rotation (torch's
+        global generator, so a seeded run is reproducible), every resolution's block."""
+        rot = o3.rand_matrix(dtype=torch.float64)  # [3, 3]
+        return layout_wigner(rot, self.lmax_list).to(device=like.device, dtype=like.dtype)
+
+    def _checkpointed(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or message.requires_grad):
             return checkpoint(self._update, x, message, use_reentrant=False)
         return self._update(x, message)

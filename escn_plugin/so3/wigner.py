@@ -217,3 +217,11 @@ def wigner_d(rot: torch.Tensor, lmax: int) -> torch.Tensor:
     if rot.shape[-2:] != (3, 3):
         raise ValueError(f"rot must have shape [..., 3, 3], got {tuple(rot.shape)}")
     return _wigner_module(lmax).to(rot.device)(rot)
+
+
+def layout_wigner(rot: torch.Tensor, lmax_list: list[int]) -> torch.Tensor:
+    """Wigner-D ``[K, K]`` of one rotation ``rot [3, 3]`` for coefficients of several
+    resolutions one after the other (K = sum_i (lmax_i+1)^2): block-diagonal, each block
+    ``wigner_d(rot, lmax_i)``, so ``D @ x`` rotates every resolution's sphere function."""
+    wigner = wigner_d(rot, max(lmax_list))  # [(L+1)^2, (L+1)^2]
+    return torch.block_diag(*[wigner[: (lmax + 1) ** 2, : (lmax + 1) ** 2] for lmax in lmax_list])
