@@ -59,7 +59,6 @@ def test_random_roll_mode_is_opt_in_and_only_in_training():
     torch.testing.assert_close(c["energy"], a["energy"], rtol=1e-3, atol=0)
 
 
-
 def test_random_grid_rotation_only_in_training_and_exact_on_fine_grids():
     """Turning the node grids and readout points changes nothing an exact quadrature would
     see: on fine grids the training-mode outputs equal the fixed-grid ones (a wrong
@@ -85,6 +84,7 @@ def test_random_grid_rotation_only_in_training_and_exact_on_fine_grids():
     coarse = model(random_grid_rotation=True, readout_grid=[8, 9]).train()
     d = coarse(batch)
     assert (d["forces"] - model(readout_grid=[8, 9])(batch)["forces"]).abs().max() > 1e-6 * scale
+
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_rotation_equivariance_default_and_fine_grid(float64_default, seed):
