@@ -19,13 +19,15 @@ def grid_side(update: NodeUpdate, x: torch.Tensor, message: torch.Tensor) -> tor
     return update.grid.inverse(grid)  # [N, K, C]
 
 
+@pytest.mark.parametrize("recompute", [True, False])
 @pytest.mark.parametrize(
     ("lmax_list", "resolution"),
     [([2], None), ([4], [10, 11]), ([3, 2], None), ([2, 4, 3], [12, 9])],
 )
-def test_coefficient_side_equals_grid_side(lmax_list, resolution):
+def test_coefficient_side_equals_grid_side(lmax_list, resolution, recompute):
     layout = CoefficientLayout(lmax_list, [1] * len(lmax_list))
-    update = NodeUpdate(node_grid_sampler(layout, resolution), sphere_channels=6).double()
+    grid = node_grid_sampler(layout, resolution)
+    update = NodeUpdate(grid, sphere_channels=6, recompute=recompute).double()
     torch.manual_seed(0)
     for p in update.parameters():
         p.data = torch.randn_like(p)  # large weights: a strongly non-linear MLP

@@ -42,7 +42,11 @@ class NodeUpdate(nn.Module):
     """
 
     def __init__(
-        self, grid: SphereSampler, sphere_channels: int, random_rotation: bool = False
+        self,
+        grid: SphereSampler,
+        sphere_channels: int,
+        random_rotation: bool = False,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         width = grid.num_resolutions * sphere_channels
@@ -59,13 +63,15 @@ class NodeUpdate(nn.Module):
             for r in range(grid.num_resolutions)
         ]
         self.random_rotation = bool(random_rotation)
+        self.recompute = bool(recompute)
         self.lmax_list = [round((b - a) ** 0.5) - 1 for _, a, b in self.blocks]
 
     def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         """``x, message [N, K, C] -> [N, K, C]``.
 
-        In training the grid values ([N, G, RC] and the MLP's activations) are recomputed
-        in the backward from x and message instead of being kept.
+        In training (with ``recompute``) the grid values ([N, G, RC] and the MLP's
+        activations) are recomputed in the backward from x and message instead of being
+        kept: less memory for ~1/3 more node-update time.
         """
         if self.random_rotation and self.training:
             wigner = self.random_wigner(x)  # [K, K]
@@ -81,7 +87,11 @@ class NodeUpdate(nn.Module):
         return layout_wigner(rot, self.lmax_list).to(device=like.device, dtype=like.dtype)
 
     def _checkpointed(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or message.requires_grad):
+        if (
+            self.recompute
+            and torch.is_grad_enabled()
+            and (x.requires_grad or message.requires_grad)
+        ):
             return checkpoint(self._update, x, message, use_reentrant=False)
         return self._update(x, message)
 

@@ -8,10 +8,13 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+_START = time.perf_counter()
+
 
 def log(msg: str) -> None:
-    """One line of the main job's own output (fairchem's is indented below it)."""
-    print(f"[demo] {msg}", flush=True)
+    """One line of the main job's own output (fairchem's is indented below it), with the
+    seconds since the job started."""
+    print(f"[demo {time.perf_counter() - _START:5.0f} s] {msg}", flush=True)
 
 
 def progress(
