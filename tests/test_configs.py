@@ -202,6 +202,10 @@ def test_leaf_loads_with_fairchem(path, tmp_path, monkeypatch):
     assert model["otf_graph"] is True and cfg["model"].get("otf_graph") is True
     assert model["cutoff"] == 12.0 and model["max_neighbors"] == 20
     assert model["use_pbc"] is True and model["num_sphere_samples"] == 128
+    # paper configs load the official checkpoints: the reference's grids and Fibonacci
+    # readout, which those weights were trained on (README "Grids and equivariance")
+    for key in ("resolution", "node_resolution", "readout_grid", "random_grid_rotation"):
+        assert not model.get(key), (key, model[key])
     assert model["distance_function"] == "gaussian" and model["basis_width_scalar"] == 2.0
     assert model["edge_channels"] == 128 and model["max_num_elements"] == 90
     assert _size_key(model) in MODEL_SIZES
@@ -387,6 +391,8 @@ def test_conservative_config(path, tmp_path, monkeypatch):
     assert model["max_neighbors"] >= 300 and model["enforce_max_neighbors_strictly"] is False
     # grids measured by benchmarks/chart_jump.py (README "Conservative forces")
     assert model["resolution"] == [14, 21] and model["readout_grid"] == [16, 17]
+    # trained from scratch: grids turned in training (README "Grids and equivariance")
+    assert model["random_grid_rotation"] is True
     assert model["random_roll"] is False and not model.get("compile_layers", False)
     assert model["energy_scale"] == 1.0
     # gradient targets share one normaliser scale, so denormalised forces (and stress)
