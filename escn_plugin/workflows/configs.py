@@ -56,13 +56,16 @@ DEMO_ENERGY_COEFFICIENT = 5.0
 #: relaxations in the demo: every IS2RS test system, L-BFGS as fairchem's relax configs
 RELAX_STEPS = 100
 RELAX_FMAX = 0.05
+#: systems relaxed together: all 36 IS2RS test systems in one batch (one model call per
+#: L-BFGS step instead of three)
+RELAX_BATCH_SIZE = 36
 RELAX_OPT = {"maxstep": 0.04, "memory": 50, "damping": 1.0, "alpha": 70.0}
 #: processes generating the dataset (EMT labelling is single-threaded per system)
 DATA_WORKERS = 2
 #: test structures (x 2 random rotations) for the trained model's rotation error
 ROTATION_CHECK_STRUCTURES = 8
 #: NVE energy-drift run in the report: velocity-Verlet steps (1 fs, 300 K)
-NVE_STEPS = 200
+NVE_STEPS = 100
 
 
 def s2ef_config(
@@ -160,7 +163,7 @@ def relax_config(
     traj_dir: str | os.PathLike,
     steps: int = RELAX_STEPS,
     fmax: float = RELAX_FMAX,
-    batch_size: int = 12,
+    batch_size: int = RELAX_BATCH_SIZE,
     save_full_traj: bool = True,
 ) -> dict:
     """``config`` plus what ``--mode run-relaxations`` needs on an IS2RE/IS2RS LMDB file.
