@@ -29,6 +29,8 @@ BOOL_KEYS = (
     "random_roll",
     "validate_inputs",
     "compile_layers",
+    "random_grid_rotation",
+    "recompute_node_grid",
 )
 POSITIVE_INT_KEYS = (
     "num_layers",
@@ -91,6 +93,9 @@ def check_backbone_config(
     mmax_list = int_list("mmax_list", config.get("mmax_list"), DEFAULT_LISTS["mmax_list"])
     if max(lmax_list) > MAX_LMAX:
         raise ValueError(f"lmax_list {lmax_list}: lmax above {MAX_LMAX} is not supported")
+    lmax = max(lmax_list)
+    for key, degree in (("resolution", lmax), ("node_resolution", lmax), ("readout_grid", 0)):
+        _check_grid(key, config.get(key), degree)
     distance_function = config.get("distance_function", "gaussian")
     if distance_function not in distance_functions:
         raise ValueError(
@@ -98,3 +103,19 @@ def check_backbone_config(
             f"{', '.join(distance_functions)}"
         )
     return lmax_list, mmax_list
+
+
+def _check_grid(key: str, value: Any, lmax: int) -> None:
+    """An S2 grid ``[res_beta, res_alpha]`` (or one int for both) that carries degree
+    ``lmax`` there and back: e3nn needs an even res_beta >= 2 (lmax + 1)."""
+    if value is None:
+        return
+    res = [value, value] if _is_int(value) else value
+    if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(_is_int(r) for r in res)):
+        raise ValueError(f"{key} must be an int or a [res_beta, res_alpha] pair, got {value!r}")
+    res_beta, res_alpha = res
+    if res_beta % 2 or res_beta < 2 * (lmax + 1) or res_alpha < 1:
+        raise ValueError(
+            f"{key} {value!r} is too coarse or odd: res_beta must be even and >= "
+            f"{2 * (lmax + 1)} (2 (lmax + 1) for lmax {lmax}), res_alpha >= 1"
+        )

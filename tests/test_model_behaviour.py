@@ -168,6 +168,10 @@ def test_clear_errors_for_bad_inputs():
         (dict(rotation_backend="quaternion"), "registered: euler, polynomial"),
         (dict(so2_impl="nope"), "unknown SO\\(2\\) implementation 'nope'"),
         (dict(resolution=[8, 9, 10]), "resolution must be"),
+        (dict(node_resolution=[6, 7]), "node_resolution \\[6, 7\\] is too coarse"),
+        (dict(resolution=[11, 12]), "resolution \\[11, 12\\] is too coarse or odd"),
+        (dict(readout_grid=[1, 2]), "readout_grid"),
+        (dict(random_grid_rotation="yes"), "random_grid_rotation must be true or false"),
         (dict(hidden_channels=0), "hidden_channels must be a positive"),
     ],
 )
