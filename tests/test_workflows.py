@@ -499,3 +499,17 @@ def test_rotation_error_measures_equivariance(data_root):
 
     biased = rotation_error(None, records, n_rotations=2, seed=0, calculator=FieldEMT())
     assert biased["force_error_max"] > 1e-2
+
+
+def test_nve_drift_through_the_checkpoint(data_root, trained):
+    """The report's NVE step: the checkpoint through OCPCalculator and EMT beside it, from
+    the relaxed structure of an IS2RS record (sub-surface atoms fixed)."""
+    from escn_plugin.workflows.md import nve_drift
+
+    record = read_lmdb(data_root / "is2re" / "test" / "data.lmdb")[0]
+    result = nve_drift(trained[1], record, steps=4, seed=0)
+    assert result["system"] == f"sid {int(record.sid)}"
+    for key in ("model", "emt"):
+        assert result[key]["natoms"] == int(record.natoms) and result[key]["steps"] == 4
+        assert all(np.isfinite(v) for v in result[key].values())
+    assert result["model"]["drift_ev_per_atom_ps"] != result["emt"]["drift_ev_per_atom_ps"]
