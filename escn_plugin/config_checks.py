@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from escn_plugin.so3.s2_grid import grid_resolution, is_int
 from escn_plugin.so3.wigner import MAX_LMAX
 
 __all__ = ["check_backbone_config", "int_list"]
@@ -45,18 +46,14 @@ POSITIVE_FLOAT_KEYS = ("cutoff", "distance_resolution", "basis_width_scalar")
 DEFAULT_LISTS = {"lmax_list": [6], "mmax_list": [2]}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
 def int_list(name: str, value: Any, default: list[int]) -> list[int]:
     """``None`` -> default, one int -> ``[int]``, a sequence of ints -> list; else a
     ValueError naming ``name``."""
     if value is None:
         return list(default)
-    if _is_int(value):
+    if is_int(value):
         value = [value]
-    if isinstance(value, (list, tuple)) and value and all(_is_int(v) and v >= 0 for v in value):
+    if isinstance(value, (list, tuple)) and value and all(is_int(v) and v >= 0 for v in value):
         return [int(v) for v in value]
     raise ValueError(
         f"{name} must be a non-negative int or a non-empty list of them (one per "
@@ -78,7 +75,7 @@ def check_backbone_config(
         raise ValueError(f"activation_checkpoint must be true or false, got {checkpointing!r}")
     for key in POSITIVE_INT_KEYS:
         value = config.get(key)
-        if key in config and not (_is_int(value) and value >= 1):
+        if key in config and not (is_int(value) and value >= 1):
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
     for key in POSITIVE_FLOAT_KEYS:
         value = config.get(key)
@@ -95,7 +92,7 @@ def check_backbone_config(
         raise ValueError(f"lmax_list {lmax_list}: lmax above {MAX_LMAX} is not supported")
     lmax = max(lmax_list)
     for key, degree in (("resolution", lmax), ("node_resolution", lmax), ("readout_grid", 0)):
-        _check_grid(key, config.get(key), degree)
+        grid_resolution(degree, degree, config.get(key), name=key)
     distance_function = config.get("distance_function", "gaussian")
     if distance_function not in distance_functions:
         raise ValueError(
@@ -103,19 +100,3 @@ def check_backbone_config(
             f"{', '.join(distance_functions)}"
         )
     return lmax_list, mmax_list
-
-
-def _check_grid(key: str, value: Any, lmax: int) -> None:
-    """An S2 grid ``[res_beta, res_alpha]`` (or one int for both) that carries degree
-    ``lmax`` there and back: e3nn needs an even res_beta >= 2 (lmax + 1)."""
-    if value is None:
-        return
-    res = [value, value] if _is_int(value) else value
-    if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(_is_int(r) for r in res)):
-        raise ValueError(f"{key} must be an int or a [res_beta, res_alpha] pair, got {value!r}")
-    res_beta, res_alpha = res
-    if res_beta % 2 or res_beta < 2 * (lmax + 1) or res_alpha < 1:
-        raise ValueError(
-            f"{key} {value!r} is too coarse or odd: res_beta must be even and >= "
-            f"{2 * (lmax + 1)} (2 (lmax + 1) for lmax {lmax}), res_alpha >= 1"
-        )

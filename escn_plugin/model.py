@@ -64,7 +64,6 @@ from __future__ import annotations
 import logging
 
 import torch
-from e3nn import o3
 from e3nn.o3 import ToS2Grid
 from fairchem.core.models.base import BackboneInterface, HeadInterface
 from fairchem.core.models.gemnet.layers.radial_basis import PolynomialEnvelope
@@ -94,7 +93,7 @@ from escn_plugin.so3.projections import (
     sphere_points_sampler,
 )
 from escn_plugin.so3.s2_grid import float64_default, grid_resolution, s2_grid_matrices
-from escn_plugin.so3.wigner import layout_wigner
+from escn_plugin.so3.wigner import random_layout_rotation
 
 __all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyGradientHead", "eSCNEnergyHead", "eSCNForceHead"]
 
@@ -118,7 +117,7 @@ def readout_points(
         with float64_default():
             points = CalcSpherePoints(num_sphere_samples)
         return points, torch.full((num_sphere_samples,), 1.0 / num_sphere_samples)
-    res_beta, res_alpha = grid_resolution(0, 0, readout_grid)
+    res_beta, res_alpha = grid_resolution(0, 0, readout_grid, name="readout_grid")
     with float64_default():
         points = ToS2Grid(0, (res_beta, res_alpha), dtype=torch.float64).grid.reshape(-1, 3)
     _, from_grid = s2_grid_matrices(0, res_beta, res_alpha)
@@ -367,8 +366,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         sampled, points = x, self.sphere_points  # [N, K, C], [P, 3]
         if self.random_grid_rotation and self.training:
             # readout points q_p = Q^T p: values there are those of D(Q) x at p
-            rot = o3.rand_matrix(dtype=torch.float64)  # [3, 3]
-            wigner_q = layout_wigner(rot, self.lmax_list).to(device=x.device, dtype=x.dtype)
+            rot, wigner_q = random_layout_rotation(self.lmax_list, x)  # [3, 3], [K, K]
             sampled = torch.einsum("jk,nkc->njc", wigner_q, x)
             points = (points.double() @ rot.to(points.device)).to(points.dtype)
         return {

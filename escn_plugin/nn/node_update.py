@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-from e3nn import o3
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.so3.projections import SphereSampler
-from escn_plugin.so3.wigner import layout_wigner
+from escn_plugin.so3.wigner import random_layout_rotation
 
 __all__ = ["NodeUpdate"]
 
@@ -51,7 +50,6 @@ class NodeUpdate(nn.Module):
         super().__init__()
         width = grid.num_resolutions * sphere_channels
         self.sphere_channels = sphere_channels
-        self.grid = grid  # constants only: one instance is shared by all layers
         self.fc1 = nn.Linear(2 * width, width, bias=False)
         self.fc2 = nn.Linear(width, width, bias=False)
         self.fc3 = nn.Linear(width, width, bias=False)
@@ -65,6 +63,9 @@ class NodeUpdate(nn.Module):
         self.random_rotation = bool(random_rotation)
         self.recompute = bool(recompute)
         self.lmax_list = [round((b - a) ** 0.5) - 1 for _, a, b in self.blocks]
+        # each coefficient belongs to one resolution: the grid maps summed over them
+        self.register_buffer("to_matrix", grid.to_matrix.sum(1), persistent=False)  # [G, K]
+        self.register_buffer("from_matrix", grid.from_matrix.sum(1), persistent=False)
 
     def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         """``x, message [N, K, C] -> [N, K, C]``.
@@ -74,17 +75,11 @@ class NodeUpdate(nn.Module):
         kept: less memory for ~1/3 more node-update time.
         """
         if self.random_rotation and self.training:
-            wigner = self.random_wigner(x)  # [K, K]
+            _, wigner = random_layout_rotation(self.lmax_list, x)  # [K, K]
             x = torch.einsum("jk,nkc->njc", wigner, x)
             message = torch.einsum("jk,nkc->njc", wigner, message)
             return torch.einsum("kj,nkc->njc", wigner, self._checkpointed(x, message))
         return self._checkpointed(x, message)
-
-    def random_wigner(self, like: torch.Tensor) -> torch.Tensor:
-        """Block-diagonal real Wigner-D ``[K, K]`` of a uniformly random rotation (torch's
-        global generator, so a seeded run is reproducible), every resolution's block."""
-        rot = o3.rand_matrix(dtype=torch.float64)  # [3, 3]
-        return layout_wigner(rot, self.lmax_list).to(device=like.device, dtype=like.dtype)
 
     def _checkpointed(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         if (
@@ -99,14 +94,8 @@ class NodeUpdate(nn.Module):
         width = self.fc2.in_features
         c = self.sphere_channels
         w1x, w1m = self.fc1.weight[:, :width], self.fc1.weight[:, width:]  # [RC, RC] each
-        if len(self.blocks) == 1:
-            h = x @ w1x.T + message @ w1m.T  # [N, K, C]
-            grid = torch.matmul(self.grid.to_matrix[:, 0].to(x.dtype), h)  # [N, G, C]
-            grid = self.act(self.fc2(self.act(grid)))
-            back = torch.matmul(self.grid.from_matrix[:, 0].to(x.dtype).T, grid)  # [N, K, C]
-            return back @ self.fc3.weight.T
-        to_matrix = self.grid.to_matrix.sum(1).to(x.dtype)  # [G, K]
-        from_matrix = self.grid.from_matrix.sum(1).to(x.dtype)  # [G, K]
+        to_matrix = self.to_matrix.to(x.dtype)  # [G, K]
+        from_matrix = self.from_matrix.to(x.dtype)  # [G, K]
         h = torch.cat(
             [
                 x[:, a:b] @ w1x[:, r * c : (r + 1) * c].T

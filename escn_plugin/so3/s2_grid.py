@@ -19,9 +19,11 @@ column subsets they need as buffers.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator
 from functools import cache
 
+import numpy as np
 import torch
 from e3nn.o3 import FromS2Grid, ToS2Grid
 
@@ -44,21 +46,32 @@ def float64_default() -> Iterator[None]:
 
 
 def grid_resolution(
-    lmax: int, mmax: int, resolution: int | tuple[int, int] | list[int] | None = None
+    lmax: int,
+    mmax: int,
+    resolution: int | tuple[int, int] | list[int] | None = None,
+    name: str = "resolution",
 ) -> tuple[int, int]:
-    """(res_beta, res_alpha) of the grid used for degree ``lmax`` and order ``mmax``."""
+    """(res_beta, res_alpha) of the grid used for degree ``lmax`` and order ``mmax``.
+
+    An explicit ``resolution`` (one int for both axes or a [res_beta, res_alpha] pair of
+    ints) must carry degree ``lmax`` there and back, as e3nn requires: an even res_beta
+    >= 2 (lmax + 1), both positive. Errors name the config key ``name``.
+    """
     if resolution is not None:
-        if isinstance(resolution, int):
-            res = (resolution, resolution)
-        else:
-            res = tuple(int(r) for r in resolution)
-            if len(res) != 2:
-                raise ValueError(
-                    f"resolution must be an int or a [res_beta, res_alpha] pair, got {resolution}"
-                )
-        if min(res) < 1:
-            raise ValueError(f"resolution must be positive, got {resolution}")
-        return res  # type: ignore[return-value]
+        res = [resolution, resolution] if is_int(resolution) else resolution
+        if not (isinstance(res, (list, tuple)) and len(res) == 2 and all(map(is_int, res))):
+            raise ValueError(
+                f"{name} must be an int or a [res_beta, res_alpha] pair, got {resolution!r}"
+            )
+        res_beta, res_alpha = (int(r) for r in res)
+        if min(res_beta, res_alpha) < 1:
+            raise ValueError(f"{name} must be positive, got {resolution!r}")
+        if res_beta % 2 or res_beta < 2 * (lmax + 1):
+            raise ValueError(
+                f"{name} {resolution!r} is too coarse or odd: res_beta must be even and >= "
+                f"{2 * (lmax + 1)} (2 (lmax + 1) for lmax {lmax})"
+            )
+        return res_beta, res_alpha
     res_alpha = 2 * (mmax + 1) + 1 if lmax == mmax else 2 * mmax + 1
     return 2 * (lmax + 1), res_alpha
 
@@ -80,3 +93,8 @@ def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Te
     from_grid = torch.einsum("am,mbi->bai", from_s2.sha, from_s2.shb)  # [b, a, K]
     num_coeff = (lmax + 1) ** 2
     return to_grid.reshape(-1, num_coeff), from_grid.reshape(-1, num_coeff)
+
+
+def is_int(value: object) -> bool:
+    """An integer that is not a bool (config values: YAML ``true`` is not a grid size)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))

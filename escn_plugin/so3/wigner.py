@@ -225,3 +225,13 @@ def layout_wigner(rot: torch.Tensor, lmax_list: list[int]) -> torch.Tensor:
     ``wigner_d(rot, lmax_i)``, so ``D @ x`` rotates every resolution's sphere function."""
     wigner = wigner_d(rot, max(lmax_list))  # [(L+1)^2, (L+1)^2]
     return torch.block_diag(*[wigner[: (lmax + 1) ** 2, : (lmax + 1) ** 2] for lmax in lmax_list])
+
+
+def random_layout_rotation(
+    lmax_list: list[int], like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniformly random rotation ``Q [3, 3]`` (float64, torch's global generator, so a
+    seeded run is reproducible) and its :func:`layout_wigner` ``D(Q) [K, K]`` in the
+    dtype and on the device of ``like``."""
+    rot = o3.rand_matrix(dtype=torch.float64)  # [3, 3]
+    return rot, layout_wigner(rot, lmax_list).to(device=like.device, dtype=like.dtype)
