@@ -72,7 +72,7 @@ from ase.data import chemical_symbols
 from ase.geometry import wrap_positions
 from torch_geometric.data import Data
 
-from escn_plugin.datasets.oc20_emt import METALS, SPLITS, read_lmdb, write_lmdb
+from escn_plugin.datasets.oc20_emt import METALS, SPLITS, read_lmdb, value_summary, write_lmdb
 
 __all__ = [
     "FORMAT_VERSION",
@@ -174,28 +174,18 @@ def _frames(seed: int, split: str, count: int) -> list[tuple[str, str, np.random
     return frames
 
 
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }
-
-
 def _split_stats(records: Sequence[Data]) -> dict:
     stress = torch.cat([d.stress.reshape(1, 9) for d in records]).double()  # [n, 9]
     return {
         "src": None,  # filled in by generate
         "n_frames": len(records),
         "n_slabs": sum(bool((d.tags == 1).any()) for d in records),
-        "natoms": _summary([d.natoms for d in records]),
-        "energy": _summary([d.y for d in records]),
+        "natoms": value_summary([d.natoms for d in records]),
+        "energy": value_summary([d.y for d in records]),
         "force_rms": float(torch.cat([d.force for d in records]).pow(2).mean().sqrt()),
         "stress_rms": float(stress.pow(2).mean().sqrt()),
         "stress_mean": stress.mean(0).tolist(),
-        "pressure": _summary((-stress[:, [0, 4, 8]].mean(1)).tolist()),
+        "pressure": value_summary((-stress[:, [0, 4, 8]].mean(1)).tolist()),
     }
 
 

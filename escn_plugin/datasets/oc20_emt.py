@@ -116,6 +116,7 @@ __all__ = [
     "main",
     "read_lmdb",
     "relax",
+    "value_summary",
     "write_lmdb",
 ]
 
@@ -526,7 +527,8 @@ def read_lmdb(path: str | os.PathLike) -> list[Data]:
     return [record for _, _, record in iter_records(path)]
 
 
-def _summary(values: Sequence[float]) -> dict[str, float]:
+def value_summary(values: Sequence[float]) -> dict[str, float]:
+    """Mean, std, min and max of ``values`` (metadata statistics of a split)."""
     values = np.asarray(values, dtype=np.float64)
     return {
         "mean": float(values.mean()),
@@ -652,8 +654,8 @@ def generate(
                 "src": str(layout["s2ef"][split].relative_to(root)),
                 "n_frames": len(records),
                 "n_systems": len({int(d.sid) for d in records}),
-                "natoms": _summary([d.natoms for d in records]),
-                "energy": _summary([d.y for d in records]),
+                "natoms": value_summary([d.natoms for d in records]),
+                "energy": value_summary([d.y for d in records]),
                 "force_rms": float(torch.cat([d.force for d in records]).pow(2).mean().sqrt()),
             }
             for split, records in s2ef.items()
@@ -662,8 +664,8 @@ def generate(
             split: {
                 "src": str(layout["is2re"][split].relative_to(root)),
                 "n_systems": len(records),
-                "y_init": _summary([d.y_init for d in records]),
-                "y_relaxed": _summary([d.y_relaxed for d in records]),
+                "y_init": value_summary([d.y_init for d in records]),
+                "y_relaxed": value_summary([d.y_relaxed for d in records]),
                 "n_unconverged": sum(
                     not s["relax_converged"] for s in systems if s["split"] == split
                 ),
