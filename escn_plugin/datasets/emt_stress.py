@@ -1,5 +1,8 @@
 """A small S2EF-format dataset with stress labels (S2EFS), labelled with ASE's EMT.
 
+EMT is evaluated by :class:`~escn_plugin.datasets.vectorized_emt.VectorizedEMT` (ASE's
+``EMT`` without its Python loops; equal to it to ~1e-13).
+
 Deterministic for a given ``(seed, num_train, num_val, num_test)``: the same inputs give the
 same records (equal tensors). Frame ``i`` of a split depends only on ``(seed, split, i)``,
 so a larger split extends a smaller one.
@@ -67,12 +70,12 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc111
-from ase.calculators.emt import EMT
 from ase.data import chemical_symbols
 from ase.geometry import wrap_positions
 from torch_geometric.data import Data
 
 from escn_plugin.datasets.oc20_emt import METALS, SPLITS, read_lmdb, value_summary, write_lmdb
+from escn_plugin.datasets.vectorized_emt import VectorizedEMT
 
 __all__ = [
     "FORMAT_VERSION",
@@ -144,7 +147,7 @@ def build_frame(metal: str, kind: str, rng: np.random.Generator) -> Atoms:
     atoms.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
     atoms.positions = atoms.positions @ rotation.T
     atoms = _float32_geometry(atoms)
-    atoms.calc = EMT()
+    atoms.calc = VectorizedEMT()
     return atoms
 
 
