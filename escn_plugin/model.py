@@ -128,7 +128,8 @@ def readout_points(
 class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSupport):
     """eSCN backbone: node embeddings and their values on sphere points.
 
-    Returns ``{"sphere_values": [N, P, R*C], "sphere_points": [P, 3], "sphere_weights": [P],
+    Returns ``{"sphere_coefficients": [N, K, C], "sphere_sampler": SphereSampler (values at
+    the P points: [N, P, R*C]), "sphere_points": [P, 3], "sphere_weights": [P],
     "node_embedding": SO3_Embedding, "graph": GraphData}``; ``node_embedding.embedding`` is
     the plain ``[N, K, C]`` tensor, wrapped (no copy) in fairchem's embedding object so that
     fairchem's own heads read it (:mod:`escn_plugin.node_embedding`).
@@ -370,7 +371,8 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             sampled = torch.einsum("jk,nkc->njc", wigner_q, x)
             points = (points.double() @ rot.to(points.device)).to(points.dtype)
         return {
-            "sphere_values": self.sphere_sampler(sampled),  # [N, P, R*C]
+            "sphere_coefficients": sampled,  # [N, K, C], read at the points by the heads
+            "sphere_sampler": self.sphere_sampler,
             "sphere_points": points,
             "sphere_weights": self.sphere_weights,
             "node_embedding": as_so3_embedding(x, self.lmax_list),
@@ -400,7 +402,9 @@ class eSCNEnergyHead(nn.Module, HeadInterface):
         self.readout = EnergyReadout(backbone.sphere_channels_all)
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
-        per_atom = self.readout(emb["sphere_values"], emb["sphere_weights"])  # [N]
+        per_atom = self.readout(
+            emb["sphere_coefficients"], emb["sphere_sampler"], emb["sphere_weights"]
+        )  # [N]
         energy = _sum_per_system(per_atom, data.batch, len(data.natoms))
         if self.reduce == "sum":
             return {"energy": energy * self.energy_scale}
@@ -415,8 +419,8 @@ class eSCNForceHead(nn.Module, HeadInterface):
         self.readout = ForceReadout(backbone.sphere_channels_all)
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
-        values, points, weights = emb["sphere_values"], emb["sphere_points"], emb["sphere_weights"]
-        return {"forces": self.readout(values, points, weights)}
+        x, sampler = emb["sphere_coefficients"], emb["sphere_sampler"]
+        return {"forces": self.readout(x, sampler, emb["sphere_points"], emb["sphere_weights"])}
 
 
 class eSCNEnergyGradientHead(nn.Module, HeadInterface):

@@ -44,3 +44,26 @@ def test_coefficient_side_equals_grid_side(lmax_list, resolution, recompute):
     grads_ref = torch.autograd.grad((ref * weights).sum(), [x, message, *update.parameters()])
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=1e-11, atol=1e-11 * g_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("lmax_list", [[2], [3, 2], [2, 4, 3]])
+def test_sample_linear_equals_linear_of_samples(lmax_list):
+    """The readout's first linear map on the coefficient side (SphereSampler.sample_linear)
+    equals the map applied to the sampled values, gradients included."""
+    from escn_plugin.model import readout_points
+    from escn_plugin.so3.projections import sphere_points_sampler
+
+    layout = CoefficientLayout(lmax_list, [1] * len(lmax_list))
+    points, _ = readout_points(0, [8, 9])
+    sampler = sphere_points_sampler(layout, points).double()
+    assert [b - a for _, a, b in sampler.blocks] == [(lmax + 1) ** 2 for lmax in lmax_list]
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(len(lmax_list) * 5, 4).double()
+    x = torch.randn(3, layout.num_full, 5, dtype=torch.float64, requires_grad=True)
+    ours = sampler.sample_linear(x, linear.weight, linear.bias)
+    ref = linear(sampler(x))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(ours.square().sum(), [x, linear.weight, linear.bias])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, linear.weight, linear.bias])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)

@@ -46,7 +46,9 @@ def test_matches_ase_emt(name):
     ref, new = atoms.copy(), atoms.copy()
     ref.calc, new.calc = EMT(), VectorizedEMT()
     assert new.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-10)
-    np.testing.assert_allclose(new.get_potential_energies(), ref.get_potential_energies(), atol=1e-10)
+    np.testing.assert_allclose(
+        new.get_potential_energies(), ref.get_potential_energies(), atol=1e-10
+    )
     np.testing.assert_allclose(new.get_forces(), ref.get_forces(), atol=1e-10)
     if atoms.cell.rank == 3:
         np.testing.assert_allclose(new.get_stress(), ref.get_stress(), atol=1e-12)
@@ -73,7 +75,7 @@ def test_cached_pairs_follow_moving_atoms():
     ref = atoms.copy()
     ref.calc = EMT()
     rng = np.random.default_rng(3)
-    for step in range(6):
+    for _ in range(6):
         move = rng.normal(0.0, 0.2 * SKIN, size=(len(atoms), 3))
         atoms.positions += move
         ref.positions += move

@@ -54,17 +54,12 @@ class NodeUpdate(nn.Module):
         self.fc2 = nn.Linear(width, width, bias=False)
         self.fc3 = nn.Linear(width, width, bias=False)
         self.act = nn.SiLU()
-        # contiguous coefficient blocks of each resolution: [(res, start, stop)]
-        res_of_k = grid.to_matrix.abs().sum(0).argmax(0).tolist()  # [K]
-        self.blocks = [
-            (r, res_of_k.index(r), len(res_of_k) - res_of_k[::-1].index(r))
-            for r in range(grid.num_resolutions)
-        ]
+        self.blocks = grid.blocks  # [(res, start, stop)]: each resolution's coefficients
         self.random_rotation = bool(random_rotation)
         self.recompute = bool(recompute)
         self.lmax_list = [round((b - a) ** 0.5) - 1 for _, a, b in self.blocks]
         # each coefficient belongs to one resolution: the grid maps summed over them
-        self.register_buffer("to_matrix", grid.to_matrix.sum(1), persistent=False)  # [G, K]
+        self.register_buffer("to_matrix", grid.to_matrix_summed, persistent=False)  # [G, K]
         self.register_buffer("from_matrix", grid.from_matrix.sum(1), persistent=False)
 
     def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,14 @@ class SphereSampler(nn.Module):
         self.register_buffer(
             "from_matrix", from_matrix if from_matrix is not None else None, persistent=False
         )
+        #: [(resolution, first, stop)]: each resolution's contiguous coefficients
+        used = to_matrix.abs().sum(0) > 0  # [R, K]
+        self.blocks: list[tuple[int, int, int]] = []
+        for r in range(self.num_resolutions):
+            k = torch.nonzero(used[r]).flatten().tolist()
+            self.blocks.append((r, k[0], k[-1] + 1))
+        # every coefficient belongs to one resolution: the matrix summed over them
+        self.register_buffer("to_matrix_summed", to_matrix.sum(1), persistent=False)  # [P, K]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [N, K, C] -> [N, P, R*C]``."""
@@ -83,6 +91,32 @@ class SphereSampler(nn.Module):
             return torch.matmul(mat[:, 0], x)
         values = torch.einsum("prk,nkc->nprc", mat, x)
         return values.reshape(x.shape[0], mat.shape[0], -1)
+
+    def sample_linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``linear(forward(x))`` computed on the coefficient side: ``x [N, K, C]``,
+        ``weight [C_out, R*C]`` -> ``[N, P, C_out]``.
+
+        Sampling acts on the coefficient index and the linear map on channels, so they
+        commute: with r(k) the resolution of coefficient k and W_r the columns of
+        resolution r, ``sum_k T[p, r(k), k] (W_r(k) x[n, k])`` + bias. K coefficients are
+        mapped instead of P points and no [N, P, R*C] tensor is made.
+        """
+        channels = x.shape[-1]
+        weight = weight.to(x.dtype)
+        if self.num_resolutions == 1:
+            h = x @ weight.T  # [N, K, C_out]
+        else:
+            h = torch.cat(
+                [
+                    x[:, a:b] @ weight[:, r * channels : (r + 1) * channels].T
+                    for r, a, b in self.blocks
+                ],
+                dim=1,
+            )  # [N, K, C_out]
+        values = torch.matmul(self.to_matrix_summed.to(x.dtype), h)  # [N, P, C_out]
+        return values if bias is None else values + bias.to(x.dtype)
 
     def inverse(self, values: torch.Tensor) -> torch.Tensor:
         """``values [N, P, R*C] -> [N, K, C]`` (each resolution reads its own channels)."""
