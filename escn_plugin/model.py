@@ -30,6 +30,10 @@ reference config works by changing only ``name``. Additions, all optional:
   res_alpha]) with quadrature weights instead of the reference's ``num_sphere_samples``
   Fibonacci points; the force head is then equivariant to quadrature accuracy (the
   Fibonacci readout limits force equivariance to ~1e-1..1e-4 depending on P);
+* ``grid_quadrature`` ("equiangular"): the polar rule of the node-update grid and of
+  ``readout_grid``: e3nn's equiangular grid, or "gauss_legendre" with res_beta / 2 polar
+  nodes, which integrates the same polynomial degree (aliasing measured equal) with half
+  the points; the edge grid stays e3nn's;
 * ``random_roll`` (False): draw a random roll of each edge frame per forward pass in
   training, as the reference always does; off by default so outputs are reproducible;
 * ``random_grid_rotation`` (False): in training, turn the node-update grid (per layer) and
@@ -92,7 +96,12 @@ from escn_plugin.so3.projections import (
     node_grid_sampler,
     sphere_points_sampler,
 )
-from escn_plugin.so3.s2_grid import float64_default, grid_resolution, s2_grid_matrices
+from escn_plugin.so3.s2_grid import (
+    float64_default,
+    gauss_legendre_points,
+    grid_resolution,
+    s2_grid_matrices,
+)
 from escn_plugin.so3.wigner import random_layout_rotation
 
 __all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyGradientHead", "eSCNEnergyHead", "eSCNForceHead"]
@@ -106,22 +115,27 @@ DISTANCE_FUNCTIONS = {
 
 
 def readout_points(
-    num_sphere_samples: int, readout_grid: int | list[int] | None = None
+    num_sphere_samples: int,
+    readout_grid: int | list[int] | None = None,
+    quadrature: str = "equiangular",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Points ``[P, 3]`` and quadrature weights ``[P]`` (sum 1) for the output heads.
 
     Default: fairchem's density-weighted Fibonacci points with equal weights (the
-    reference). With ``readout_grid``: e3nn's S2 grid and its quadrature weights.
+    reference). With ``readout_grid``: e3nn's S2 grid and its quadrature weights, or with
+    ``quadrature="gauss_legendre"`` a Gauss-Legendre grid of the same polynomial degree.
     """
     if readout_grid is None:
         with float64_default():
             points = CalcSpherePoints(num_sphere_samples)
         return points, torch.full((num_sphere_samples,), 1.0 / num_sphere_samples)
     res_beta, res_alpha = grid_resolution(0, 0, readout_grid, name="readout_grid")
-    with float64_default():
-        points = ToS2Grid(0, (res_beta, res_alpha), dtype=torch.float64).grid.reshape(-1, 3)
-    _, from_grid = s2_grid_matrices(0, res_beta, res_alpha)
-    weights = from_grid[:, 0]
+    if quadrature == "gauss_legendre":
+        points, weights = gauss_legendre_points(res_beta, res_alpha)
+    else:
+        with float64_default():
+            points = ToS2Grid(0, (res_beta, res_alpha), dtype=torch.float64).grid.reshape(-1, 3)
+        weights = s2_grid_matrices(0, res_beta, res_alpha)[1][:, 0]
     return points, weights / weights.sum()
 
 
@@ -165,6 +179,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         recompute_node_grid: bool = True,
         validate_inputs: bool = True,
         readout_grid: int | list[int] | None = None,
+        grid_quadrature: str = "equiangular",
         compile_layers: bool = False,
         direct_forces: bool = True,
         regress_stress: bool = False,
@@ -230,7 +245,9 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         self.envelope = None if envelope_exponent is None else PolynomialEnvelope(envelope_exponent)
         edge_grid_act = EdgeGridActivation(self.layout, nn.SiLU(), resolution)
         node_grid = node_grid_sampler(
-            self.layout, resolution if node_resolution is None else node_resolution
+            self.layout,
+            resolution if node_resolution is None else node_resolution,
+            grid_quadrature,
         )
         self.layers = nn.ModuleList(
             InteractionLayer(
@@ -254,7 +271,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             )
             for i in range(num_layers)
         )
-        points, weights = readout_points(num_sphere_samples, readout_grid)
+        points, weights = readout_points(num_sphere_samples, readout_grid, grid_quadrature)
         self.num_sphere_samples = points.shape[0]
         self.register_buffer("sphere_points", points, persistent=False)  # [P, 3]
         self.register_buffer("sphere_weights", weights, persistent=False)  # [P]

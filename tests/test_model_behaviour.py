@@ -81,6 +81,12 @@ def test_random_grid_rotation_only_in_training_and_exact_on_fine_grids():
     torch.manual_seed(3)
     assert torch.equal(rotated(batch)["forces"], c["forces"])  # seeded: reproducible
 
+    gauss = dict(fine, grid_quadrature="gauss_legendre")
+    torch.manual_seed(3)
+    g = model(random_grid_rotation=True, **gauss).train()(batch)
+    torch.testing.assert_close(g["energy"], fixed["energy"], rtol=1e-9, atol=0)
+    torch.testing.assert_close(g["forces"], fixed["forces"], rtol=0, atol=1e-7 * scale)
+
     coarse = model(random_grid_rotation=True, readout_grid=[8, 9]).train()
     d = coarse(batch)
     assert (d["forces"] - model(readout_grid=[8, 9])(batch)["forces"]).abs().max() > 1e-6 * scale
@@ -100,6 +106,13 @@ def test_rotation_equivariance_default_and_fine_grid(float64_default, seed):
     fine = model(resolution=[24, 25], readout_grid=[40, 41], max_neighbors=200)
     e_fine, f_fine = relative_errors(fine, batch_a, batch_b, rot)
     assert e_fine < 1e-9 and f_fine < 1e-6, (e_fine, f_fine)
+    # the same node and readout grids as Gauss-Legendre rules: half the points, as exact
+    gauss = model(
+        resolution=[24, 25], readout_grid=[40, 41], max_neighbors=200,
+        grid_quadrature="gauss_legendre",
+    )  # fmt: skip
+    e_gl, f_gl = relative_errors(gauss, batch_a, batch_b, rot)
+    assert e_gl < 1e-9 and f_gl < 1e-6, (e_gl, f_gl)
 
     default = model(max_neighbors=200)
     e_def, f_def = relative_errors(default, batch_a, batch_b, rot)
@@ -173,6 +186,7 @@ def test_clear_errors_for_bad_inputs():
         (dict(readout_grid=[1, 2]), "readout_grid"),
         (dict(random_grid_rotation="yes"), "random_grid_rotation must be true or false"),
         (dict(hidden_channels=0), "hidden_channels must be a positive"),
+        (dict(grid_quadrature="lebedev"), "grid_quadrature must be one of"),
     ],
 )
 def test_bad_config_values_raise(kwargs, message):

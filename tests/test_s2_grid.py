@@ -4,10 +4,12 @@ ToS2Grid / FromS2Grid, resolution rules, and the layout-aware projections."""
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import pytest
 import torch
+from e3nn import o3
 from e3nn.o3 import FromS2Grid, ToS2Grid
 from torch import nn
 
@@ -18,6 +20,7 @@ from escn_plugin.so3 import (
     node_grid_sampler,
     s2_grid_matrices,
 )
+from escn_plugin.so3.s2_grid import gauss_legendre_matrices, gauss_legendre_points
 
 F64 = torch.float64
 LM_PAIRS = [(1, 1), (2, 1), (3, 3), (4, 2), (6, 2), (6, 3), (6, 6), (8, 4)]
@@ -170,3 +173,38 @@ def test_node_grid_sampler_values_per_resolution() -> None:
     block1 = x[:, layout.res_slice(1)]
     assert (values[..., :5] - to_grid @ block0).abs().max() <= 1e-12
     assert (values[..., 5:] - to_grid[:, :16] @ block1).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize(("lmax", "res"), [(2, (6, 5)), (2, (24, 25)), (4, (10, 9)), (6, (20, 21))])
+def test_gauss_legendre_grid_round_trip_and_convention(lmax: int, res: tuple[int, int]) -> None:
+    """Half the polar points of e3nn's grid; from^T to = I; the values are those of e3nn's
+    spherical harmonics ('integral') at the grid's unit points; weights sum to 4 pi."""
+    points, weights = gauss_legendre_points(*res)
+    to_grid, from_grid = gauss_legendre_matrices(lmax, *res)
+    assert to_grid.shape == (res[0] // 2 * res[1], (lmax + 1) ** 2)
+    assert (points.norm(dim=1) - 1).abs().max() <= 1e-14
+    assert abs(weights.sum().item() - 4 * math.pi) <= 1e-12
+    gram = from_grid.T @ to_grid
+    assert (gram - torch.eye(gram.shape[0], dtype=F64)).abs().max() <= 1e-12
+    equiangular, _ = s2_grid_matrices(lmax, *res)
+    sh = o3.spherical_harmonics(list(range(lmax + 1)), points, False, normalization="integral")
+    assert (to_grid - sh).abs().max() == 0
+    assert equiangular.shape[0] == 2 * to_grid.shape[0]
+
+
+@pytest.mark.parametrize("res", [(16, 17), (24, 25)])
+def test_gauss_legendre_aliases_like_the_equiangular_grid(res: tuple[int, int]) -> None:
+    """The projection of SiLU(f) (not band-limited) onto l <= 2 on either grid is off from a
+    fine grid's by the same amount: same polynomial exactness, half the points."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 4, dtype=F64, generator=gen)
+
+    def project(to_grid, from_grid):
+        return from_grid.T @ torch.nn.functional.silu(to_grid @ x)
+
+    exact = project(*s2_grid_matrices(2, 96, 97))
+    err_eq = (project(*s2_grid_matrices(2, *res)) - exact).abs().max().item()
+    err_gl = (project(*gauss_legendre_matrices(2, *res)) - exact).abs().max().item()
+    assert 0 < err_gl < 1.2 * err_eq and err_eq < 1.2 * err_gl
+    coarse = (project(*gauss_legendre_matrices(2, res[0] - 8, res[1] - 8)) - exact).abs().max()
+    assert coarse > 10 * err_gl  # the comparison resolves the grid size

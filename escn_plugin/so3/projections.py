@@ -21,7 +21,7 @@ from torch import nn
 
 from escn_plugin.so3.grid_silu import grid_silu
 from escn_plugin.so3.layout import CoefficientLayout
-from escn_plugin.so3.s2_grid import grid_resolution, s2_grid_matrices
+from escn_plugin.so3.s2_grid import grid_resolution, quadrature_matrices, s2_grid_matrices
 
 __all__ = ["EdgeGridActivation", "SphereSampler", "node_grid_sampler", "sphere_points_sampler"]
 
@@ -137,11 +137,15 @@ def _per_resolution(layout: CoefficientLayout, block: torch.Tensor) -> torch.Ten
 
 
 def node_grid_sampler(
-    layout: CoefficientLayout, resolution: int | list[int] | None = None
+    layout: CoefficientLayout,
+    resolution: int | list[int] | None = None,
+    quadrature: str = "equiangular",
 ) -> SphereSampler:
-    """The node-update grid: every resolution on the (lmax, lmax) grid of the largest lmax."""
+    """The node-update grid: every resolution on the (lmax, lmax) grid of the largest lmax
+    (``quadrature``: see :func:`~escn_plugin.so3.s2_grid.quadrature_matrices`)."""
     lmax = layout.lmax
-    to_grid, from_grid = s2_grid_matrices(lmax, *grid_resolution(lmax, lmax, resolution))
+    res = grid_resolution(lmax, lmax, resolution, name="node_resolution")
+    to_grid, from_grid = quadrature_matrices(quadrature, lmax, *res)
     return SphereSampler(_per_resolution(layout, to_grid), _per_resolution(layout, from_grid))
 
 

@@ -19,12 +19,14 @@ column subsets they need as buffers.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
 import torch
+from e3nn import o3
 from e3nn.o3 import FromS2Grid, ToS2Grid
 
 __all__ = ["float64_default", "grid_resolution", "s2_grid_matrices"]
@@ -93,6 +95,54 @@ def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Te
     from_grid = torch.einsum("am,mbi->bai", from_s2.sha, from_s2.shb)  # [b, a, K]
     num_coeff = (lmax + 1) ** 2
     return to_grid.reshape(-1, num_coeff), from_grid.reshape(-1, num_coeff)
+
+
+@cache
+def gauss_legendre_points(res_beta: int, res_alpha: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points ``[G, 3]`` and weights ``[G]`` (sum 4 pi) of the Gauss-Legendre product grid:
+    ``res_beta // 2`` polar nodes, ``res_alpha`` equally spaced azimuths, beta-major.
+
+    e3nn's grid places res_beta equiangular polar points whose quadrature is exact for
+    polynomials in cos(beta) of degree < res_beta; n Gauss-Legendre nodes are exact up to
+    degree 2n - 1, so res_beta // 2 of them integrate the same degree with half the points.
+    Points follow e3nn's angle convention (``o3.angles_to_xyz``: y is the pole).
+    """
+    n = res_beta // 2
+    nodes, weights = np.polynomial.legendre.leggauss(n)  # cos(beta) in (-1, 1), sum 2
+    beta = torch.as_tensor(np.arccos(nodes), dtype=torch.float64)  # [n]
+    alpha = torch.arange(res_alpha, dtype=torch.float64) * (2 * math.pi / res_alpha)  # [A]
+    points = o3.angles_to_xyz(alpha[None, :], beta[:, None]).reshape(-1, 3)  # [G, 3]
+    w = torch.as_tensor(weights, dtype=torch.float64)[:, None] * (2 * math.pi / res_alpha)
+    return points, w.expand(n, res_alpha).reshape(-1)
+
+
+@cache
+def gauss_legendre_matrices(
+    lmax: int, res_beta: int, res_alpha: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`s2_grid_matrices` (same coefficients, e3nn 'integral' normalisation: values
+    ``to_grid @ x`` and quadrature ``from_grid``) on :func:`gauss_legendre_points`."""
+    points, weights = gauss_legendre_points(res_beta, res_alpha)
+    to_grid = o3.spherical_harmonics(
+        list(range(lmax + 1)), points, normalize=False, normalization="integral"
+    )  # [G, K]
+    return to_grid, weights[:, None] * to_grid
+
+
+#: polar rules of the fine (node-update and readout) grids
+QUADRATURES = {"equiangular": s2_grid_matrices, "gauss_legendre": gauss_legendre_matrices}
+
+
+def quadrature_matrices(
+    quadrature: str, lmax: int, res_beta: int, res_alpha: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``to_grid, from_grid [G, K]`` of the grid named ``quadrature`` (:data:`QUADRATURES`:
+    e3nn's equiangular grid, or Gauss-Legendre with half the polar points)."""
+    if quadrature not in QUADRATURES:
+        raise ValueError(
+            f"grid_quadrature must be one of {', '.join(QUADRATURES)}, got {quadrature!r}"
+        )
+    return QUADRATURES[quadrature](lmax, res_beta, res_alpha)
 
 
 def is_int(value: object) -> bool:
