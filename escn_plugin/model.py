@@ -143,7 +143,8 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
     """eSCN backbone: node embeddings and their values on sphere points.
 
     Returns ``{"sphere_coefficients": [N, K, C], "sphere_sampler": SphereSampler (values at
-    the P points: [N, P, R*C]), "sphere_points": [P, 3], "sphere_weights": [P],
+    the P points: [N, P, R*C], also as "sphere_values" on first access: see
+    :class:`BackboneOutputs`), "sphere_points": [P, 3], "sphere_weights": [P],
     "node_embedding": SO3_Embedding, "graph": GraphData}``; ``node_embedding.embedding`` is
     the plain ``[N, K, C]`` tensor, wrapped (no copy) in fairchem's embedding object so that
     fairchem's own heads read it (:mod:`escn_plugin.node_embedding`).
@@ -387,14 +388,27 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             rot, wigner_q = random_layout_rotation(self.lmax_list, x)  # [3, 3], [K, K]
             sampled = torch.einsum("jk,nkc->njc", wigner_q, x)
             points = (points.double() @ rot.to(points.device)).to(points.dtype)
-        return {
-            "sphere_coefficients": sampled,  # [N, K, C], read at the points by the heads
-            "sphere_sampler": self.sphere_sampler,
-            "sphere_points": points,
-            "sphere_weights": self.sphere_weights,
-            "node_embedding": as_so3_embedding(x, self.lmax_list),
-            "graph": self.eqv2_graph(graph, basis, roll),  # as is without eqV2 heads
-        }
+        return BackboneOutputs(
+            sphere_coefficients=sampled,  # [N, K, C], read at the points by the heads
+            sphere_sampler=self.sphere_sampler,
+            sphere_points=points,
+            sphere_weights=self.sphere_weights,
+            node_embedding=as_so3_embedding(x, self.lmax_list),
+            graph=self.eqv2_graph(graph, basis, roll),  # as is without eqV2 heads
+        )
+
+
+class BackboneOutputs(dict):
+    """The backbone's outputs. ``"sphere_values"`` (``[N, P, R*C]``: the embeddings at the
+    readout points, what fairchem's own ``escn_energy_head`` / ``escn_force_head`` read) is
+    sampled on first access; our heads read the coefficients and never ask for it."""
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        if key != "sphere_values":
+            raise KeyError(key)
+        values = self["sphere_sampler"](self["sphere_coefficients"])  # [N, P, R*C]
+        self[key] = values
+        return values
 
 
 def _sum_per_system(per_atom: torch.Tensor, batch: torch.Tensor, num_systems: int) -> torch.Tensor:
