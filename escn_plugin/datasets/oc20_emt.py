@@ -2,7 +2,7 @@
 
 EMT is evaluated by :class:`~escn_plugin.datasets.vectorized_emt.VectorizedEMT`: ASE's
 ``EMT`` (its parameters and formulas) without its per-atom Python loops, equal to it to
-~1e-13 eV and ~10x faster.
+~1e-13 eV and 5-9x faster per call.
 
 Deterministic for a given ``(seed, size)``: the same inputs give the same records (equal
 tensors; the pickled bytes differ because torch pickles storages under their memory address).
