@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from escn_plugin.so3.s2_grid import QUADRATURES, grid_resolution, is_int
+from escn_plugin.so3.s2_grid import check_quadrature, grid_resolution, is_int
 from escn_plugin.so3.wigner import MAX_LMAX
 
 __all__ = ["check_backbone_config", "int_list"]
@@ -93,12 +93,7 @@ def check_backbone_config(
     lmax = max(lmax_list)
     for key, degree in (("resolution", lmax), ("node_resolution", lmax), ("readout_grid", 0)):
         grid_resolution(degree, degree, config.get(key), name=key)
-    quadrature = config.get("grid_quadrature", "equiangular")
-    if quadrature not in QUADRATURES:
-        raise ValueError(
-            f"grid_quadrature must be one of {', '.join(map(repr, QUADRATURES))}, "
-            f"got {quadrature!r}"
-        )
+    check_quadrature(config.get("grid_quadrature", "equiangular"))
     distance_function = config.get("distance_function", "gaussian")
     if distance_function not in distance_functions:
         raise ValueError(

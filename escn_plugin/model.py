@@ -68,7 +68,6 @@ from __future__ import annotations
 import logging
 
 import torch
-from e3nn.o3 import ToS2Grid
 from fairchem.core.models.base import BackboneInterface, HeadInterface
 from fairchem.core.models.gemnet.layers.radial_basis import PolynomialEnvelope
 from fairchem.core.models.scn.sampling import CalcSpherePoints
@@ -96,12 +95,7 @@ from escn_plugin.so3.projections import (
     node_grid_sampler,
     sphere_points_sampler,
 )
-from escn_plugin.so3.s2_grid import (
-    float64_default,
-    gauss_legendre_points,
-    grid_resolution,
-    s2_grid_matrices,
-)
+from escn_plugin.so3.s2_grid import float64_default, grid_resolution, quadrature_points
 from escn_plugin.so3.wigner import random_layout_rotation
 
 __all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyGradientHead", "eSCNEnergyHead", "eSCNForceHead"]
@@ -130,12 +124,7 @@ def readout_points(
             points = CalcSpherePoints(num_sphere_samples)
         return points, torch.full((num_sphere_samples,), 1.0 / num_sphere_samples)
     res_beta, res_alpha = grid_resolution(0, 0, readout_grid, name="readout_grid")
-    if quadrature == "gauss_legendre":
-        points, weights = gauss_legendre_points(res_beta, res_alpha)
-    else:
-        with float64_default():
-            points = ToS2Grid(0, (res_beta, res_alpha), dtype=torch.float64).grid.reshape(-1, 3)
-        weights = s2_grid_matrices(0, res_beta, res_alpha)[1][:, 0]
+    points, weights = quadrature_points(quadrature, res_beta, res_alpha)
     return points, weights / weights.sum()
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from ase.calculators.calculator import all_changes
+from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 from ase.calculators.emt import EMT, beta
 
 __all__ = ["VectorizedEMT", "neighbor_pairs"]
@@ -87,18 +87,8 @@ class VectorizedEMT(EMT):
     energy, free_energy, energies, forces, stress) evaluated with array operations."""
 
     def initialize(self, atoms) -> None:
-        super().initialize(atoms)
-        par = self.par
+        super().initialize(atoms)  # self.par: per-element arrays, indexed by self.ia2iz
         self._pairs = None
-        # per-element arrays, indexed by self.ia2iz
-        self._e0 = np.asarray(par["E0"])
-        self._s0 = np.asarray(par["s0"])
-        self._v0 = np.asarray(par["V0"])
-        self._eta2 = np.asarray(par["eta2"])
-        self._kappa = np.asarray(par["kappa"])
-        self._lambda = np.asarray(par["lambda"])
-        self._inv12gamma1 = np.asarray(par["inv12gamma1"])
-        self._neghalfv0overgamma2 = np.asarray(par["neghalfv0overgamma2"])
 
     def _neighbors(self, atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(i, j, d = x_j + image - x_i) for pairs within ``rc_list``."""
@@ -129,9 +119,9 @@ class VectorizedEMT(EMT):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super(EMT, self).calculate(atoms, properties, system_changes)
-        if "numbers" in system_changes or not hasattr(self, "_e0"):
+        if "numbers" in system_changes or not hasattr(self, "_pairs"):
             self.initialize(self.atoms)
-        atoms = self.atoms
+        atoms, par = self.atoms, self.par
         n = len(atoms)
         zi = self.ia2iz  # [N] element index of each atom
         i, j, d = self._neighbors(atoms)  # [P], [P], [P, 3]
@@ -141,9 +131,9 @@ class VectorizedEMT(EMT):
         w = 1.0 / (1.0 + np.exp(self.acut * (r - self.rc)))
         dwdroverw = self.acut * (w - 1.0)
         chi = self.chi[zi_i, zi_j]
-        eta2_i, eta2_j = self._eta2[zi_i], self._eta2[zi_j]
-        kappa_i, kappa_j = self._kappa[zi_i], self._kappa[zi_j]
-        s0_i, s0_j = self._s0[zi_i], self._s0[zi_j]
+        eta2_i, eta2_j = par["eta2"][zi_i], par["eta2"][zi_j]
+        kappa_i, kappa_j = par["kappa"][zi_i], par["kappa"][zi_j]
+        s0_i, s0_j = par["s0"][zi_i], par["s0"][zi_j]
 
         # neighbour j's contribution to sigma1 of i ("s") and i's to sigma1 of j ("o")
         dsigma1s = np.exp(-eta2_j * (r - beta * s0_j)) * chi * w
@@ -155,24 +145,24 @@ class VectorizedEMT(EMT):
         deds = np.zeros(n)
         has = np.bincount(i, minlength=n) > 0  # atoms with neighbours
         sigma1 = np.bincount(i, weights=dsigma1s, minlength=n)[has]
-        e0 = self._e0[zi][has]
-        lam = self._lambda[zi][has]
-        kappa = self._kappa[zi][has]
-        eta2 = self._eta2[zi][has]
-        ds = -np.log(sigma1 * self._inv12gamma1[zi][has]) / (beta * eta2)
+        e0 = par["E0"][zi][has]
+        lam = par["lambda"][zi][has]
+        kappa = par["kappa"][zi][has]
+        eta2 = par["eta2"][zi][has]
+        ds = -np.log(sigma1 * par["inv12gamma1"][zi][has]) / (beta * eta2)
         lmdsds = lam * ds
         expneglmdds = np.exp(-lmdsds)
-        sixv0expnegkppds = 6.0 * self._v0[zi][has] * np.exp(-kappa * ds)
+        sixv0expnegkppds = 6.0 * par["V0"][zi][has] * np.exp(-kappa * ds)
         energies[has] = e0 * (1.0 + lmdsds) * expneglmdds + sixv0expnegkppds
         deds[has] = (-e0 * lam * lmdsds * expneglmdds - kappa * sixv0expnegkppds) / (
             -beta * eta2 * sigma1
         )
 
         # pair term (the first term of E_AS), half to each side of the pair
-        es = self._neghalfv0overgamma2[zi_i] * dsigma2s
-        eo = self._neghalfv0overgamma2[zi_j] * dsigma2o
+        es = par["neghalfv0overgamma2"][zi_i] * dsigma2s
+        eo = par["neghalfv0overgamma2"][zi_j] * dsigma2o
         energies += 0.5 * np.bincount(i, weights=es + eo, minlength=n)
-        energies -= self._e0[zi]  # ASAP convention
+        energies -= par["E0"][zi]  # ASAP convention
 
         dedr = deds[i] * dsigma1s * (dwdroverw - eta2_j)  # embedding term, via sigma1_i
         dedr += deds[j] * dsigma1o * (dwdroverw - eta2_i)  # ... and via sigma1_j
@@ -193,8 +183,6 @@ class VectorizedEMT(EMT):
             stress = 0.5 * (stress + stress.T) / atoms.get_volume()
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]
         elif "stress" in properties:
-            from ase.calculators.calculator import PropertyNotImplementedError
-
             raise PropertyNotImplementedError
 
 

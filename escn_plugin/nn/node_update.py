@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from escn_plugin.so3.projections import SphereSampler
+from escn_plugin.so3.projections import SphereSampler, resolution_linear
 from escn_plugin.so3.wigner import random_layout_rotation
 
 __all__ = ["NodeUpdate"]
@@ -60,7 +60,7 @@ class NodeUpdate(nn.Module):
         self.lmax_list = [round((b - a) ** 0.5) - 1 for _, a, b in self.blocks]
         # each coefficient belongs to one resolution: the grid maps summed over them
         self.register_buffer("to_matrix", grid.to_matrix_summed, persistent=False)  # [G, K]
-        self.register_buffer("from_matrix", grid.from_matrix.sum(1), persistent=False)
+        self.register_buffer("from_matrix", grid.from_matrix_summed, persistent=False)
 
     def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
         """``x, message [N, K, C] -> [N, K, C]``.
@@ -91,13 +91,8 @@ class NodeUpdate(nn.Module):
         w1x, w1m = self.fc1.weight[:, :width], self.fc1.weight[:, width:]  # [RC, RC] each
         to_matrix = self.to_matrix.to(x.dtype)  # [G, K]
         from_matrix = self.from_matrix.to(x.dtype)  # [G, K]
-        h = torch.cat(
-            [
-                x[:, a:b] @ w1x[:, r * c : (r + 1) * c].T
-                + message[:, a:b] @ w1m[:, r * c : (r + 1) * c].T
-                for r, a, b in self.blocks
-            ],
-            dim=1,
+        h = resolution_linear(x, w1x, self.blocks) + resolution_linear(
+            message, w1m, self.blocks
         )  # [N, K, RC]
         grid = self.act(self.fc2(self.act(torch.matmul(to_matrix, h))))  # [N, G, RC]
         back = torch.matmul(from_matrix.T, grid)  # [N, K, RC]

@@ -23,7 +23,13 @@ from escn_plugin.so3.grid_silu import grid_silu
 from escn_plugin.so3.layout import CoefficientLayout
 from escn_plugin.so3.s2_grid import grid_resolution, quadrature_matrices, s2_grid_matrices
 
-__all__ = ["EdgeGridActivation", "SphereSampler", "node_grid_sampler", "sphere_points_sampler"]
+__all__ = [
+    "EdgeGridActivation",
+    "SphereSampler",
+    "node_grid_sampler",
+    "resolution_linear",
+    "sphere_points_sampler",
+]
 
 
 class EdgeGridActivation(nn.Module):
@@ -81,8 +87,13 @@ class SphereSampler(nn.Module):
         for r in range(self.num_resolutions):
             k = torch.nonzero(used[r]).flatten().tolist()
             self.blocks.append((r, k[0], k[-1] + 1))
-        # every coefficient belongs to one resolution: the matrix summed over them
-        self.register_buffer("to_matrix_summed", to_matrix.sum(1), persistent=False)  # [P, K]
+        # every coefficient belongs to one resolution: the matrices summed over them [P, K]
+        self.register_buffer("to_matrix_summed", to_matrix.sum(1), persistent=False)
+        self.register_buffer(
+            "from_matrix_summed",
+            from_matrix.sum(1) if from_matrix is not None else None,
+            persistent=False,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [N, K, C] -> [N, P, R*C]``."""
@@ -103,18 +114,7 @@ class SphereSampler(nn.Module):
         resolution r, ``sum_k T[p, r(k), k] (W_r(k) x[n, k])`` + bias. K coefficients are
         mapped instead of P points and no [N, P, R*C] tensor is made.
         """
-        channels = x.shape[-1]
-        weight = weight.to(x.dtype)
-        if self.num_resolutions == 1:
-            h = x @ weight.T  # [N, K, C_out]
-        else:
-            h = torch.cat(
-                [
-                    x[:, a:b] @ weight[:, r * channels : (r + 1) * channels].T
-                    for r, a, b in self.blocks
-                ],
-                dim=1,
-            )  # [N, K, C_out]
+        h = resolution_linear(x, weight.to(x.dtype), self.blocks)  # [N, K, C_out]
         values = torch.matmul(self.to_matrix_summed.to(x.dtype), h)  # [N, P, C_out]
         return values if bias is None else values + bias.to(x.dtype)
 
@@ -126,6 +126,19 @@ class SphereSampler(nn.Module):
         num_nodes, num_points, _ = values.shape
         values = values.view(num_nodes, num_points, self.num_resolutions, -1)
         return torch.einsum("prk,nprc->nkc", mat, values)
+
+
+def resolution_linear(
+    x: torch.Tensor, weight: torch.Tensor, blocks: list[tuple[int, int, int]]
+) -> torch.Tensor:
+    """``x [N, K, C]``, ``weight [C_out, R*C]`` -> ``[N, K, C_out]``: each coefficient k
+    mapped by the columns of its own resolution, ``W[:, r(k) C : (r(k)+1) C] x[n, k]``
+    (``blocks``: :attr:`SphereSampler.blocks`). This is a linear map over the R*C channels
+    of sampled values, applied on the coefficient side."""
+    if len(blocks) == 1:
+        return x @ weight.T
+    c = x.shape[-1]
+    return torch.cat([x[:, a:b] @ weight[:, r * c : (r + 1) * c].T for r, a, b in blocks], dim=1)
 
 
 def _per_resolution(layout: CoefficientLayout, block: torch.Tensor) -> torch.Tensor:

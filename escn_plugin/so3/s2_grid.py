@@ -133,16 +133,37 @@ def gauss_legendre_matrices(
 QUADRATURES = {"equiangular": s2_grid_matrices, "gauss_legendre": gauss_legendre_matrices}
 
 
+def check_quadrature(quadrature: str) -> str:
+    """``quadrature`` if it names a rule of :data:`QUADRATURES`; else a ValueError naming
+    the config key ``grid_quadrature``."""
+    if quadrature not in QUADRATURES:
+        raise ValueError(
+            f"grid_quadrature must be one of {', '.join(map(repr, QUADRATURES))}, "
+            f"got {quadrature!r}"
+        )
+    return quadrature
+
+
 def quadrature_matrices(
     quadrature: str, lmax: int, res_beta: int, res_alpha: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``to_grid, from_grid [G, K]`` of the grid named ``quadrature`` (:data:`QUADRATURES`:
     e3nn's equiangular grid, or Gauss-Legendre with half the polar points)."""
-    if quadrature not in QUADRATURES:
-        raise ValueError(
-            f"grid_quadrature must be one of {', '.join(QUADRATURES)}, got {quadrature!r}"
-        )
-    return QUADRATURES[quadrature](lmax, res_beta, res_alpha)
+    return QUADRATURES[check_quadrature(quadrature)](lmax, res_beta, res_alpha)
+
+
+def quadrature_points(
+    quadrature: str, res_beta: int, res_alpha: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points ``[G, 3]`` and weights ``[G]`` (sum 4 pi) of the grid named ``quadrature``,
+    in the order of :func:`quadrature_matrices`'s rows."""
+    if check_quadrature(quadrature) == "gauss_legendre":
+        return gauss_legendre_points(res_beta, res_alpha)
+    with float64_default():
+        points = ToS2Grid(0, (res_beta, res_alpha), dtype=torch.float64).grid.reshape(-1, 3)
+    # l = 0 column of from_grid: w_g Y_0 with Y_0 = 1 / sqrt(4 pi)
+    weights = s2_grid_matrices(0, res_beta, res_alpha)[1][:, 0] * math.sqrt(4 * math.pi)
+    return points, weights
 
 
 def is_int(value: object) -> bool:
