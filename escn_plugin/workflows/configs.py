@@ -61,8 +61,8 @@ DEMO_LR = 1e-2
 #: unchanged); at 10 the forces learn slowly and, with random grid rotations, not at all in
 #: 8 epochs
 DEMO_ENERGY_COEFFICIENT = 5.0
-#: relaxations in the demo: every IS2RS test system, L-BFGS as fairchem's relax configs
-#: at most 50 L-BFGS steps: of the 36 test systems 33 converge within 40; measured on a
+#: relaxations in the demo: every IS2RS test system, L-BFGS as fairchem's relax configs,
+#: at most 50 steps: of the 36 test systems 33 converge within 40; measured on a
 #: trained model's full 100-step trajectories, capping them at 50 changes the IS2RE MAE by
 #: <2% (0.0865 vs 0.0852 eV) and ADwT by +0.007 (the 3 slow systems drift further), and
 #: halves the relaxation time (every L-BFGS step evaluates the whole batch)
