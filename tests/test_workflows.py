@@ -458,6 +458,32 @@ device 0: 100%|##########| 12/12 [00:03<00:00,  3.49it/s]
 """
 
 
+def test_run_fairchem_puts_the_config_seed_on_the_command_line(tmp_path, monkeypatch):
+    """fairchem 1.10 overwrites ``config["seed"]`` with ``--seed`` (default 0): the seed
+    must travel on the command line or every run trains with seed 0."""
+    commands = []
+
+    class FakeProcess:
+        def __init__(self, cmd, **kwargs):
+            commands.append(cmd)
+            self.stdout = iter(["done\n"])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    assert run_fairchem({"seed": 7}, tmp_path, "train", stream=False) == "done\n"
+    assert run_fairchem({}, tmp_path, "validate", stream=False) == "done\n"
+    seeds = [cmd[cmd.index("--seed") + 1] for cmd in commands]
+    assert seeds == ["7", "0"]
+
+
 def test_learning_curve_from_a_fairchem_log():
     # fairchem writes each of these on one line
     log = _TRAIN_LOG.replace("\\\n", "")

@@ -40,6 +40,8 @@ def run_fairchem(
 ) -> str:
     """Write ``config`` to ``RUN_DIR/<identifier>.yml`` and run the stock
     ``fairchem --mode MODE --cpu`` on it; stream its output (prefixed) while capturing it.
+    ``config["seed"]`` (0 if absent) goes on the command line as ``--seed``: fairchem 1.10
+    replaces the config's seed with the command line's (default 0).
     ``show(line)``, if given, decides what a streamed line prints as (None: nothing).
     Returns the combined log; raises ``RuntimeError`` on a non-zero exit."""
     run_dir = Path(run_dir).resolve()
@@ -51,7 +53,7 @@ def run_fairchem(
         *fairchem_command(),
         "--mode", mode, "--config-yml", str(path), "--cpu",
         "--run-dir", str(run_dir), "--identifier", identifier,
-        "--print-every", str(print_every), *extra,
+        "--print-every", str(print_every), "--seed", str(config.get("seed", 0)), *extra,
     ]  # fmt: skip
     if stream:
         _log("$ " + " ".join(cmd))
