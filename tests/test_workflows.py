@@ -21,6 +21,7 @@ from fairchem_run import SMALL_MODEL
 
 from escn_plugin.datasets.oc20_emt import generate, read_lmdb, write_lmdb
 from escn_plugin.workflows.configs import s2ef_config
+from escn_plugin.workflows.data import load_metadata
 from escn_plugin.workflows.element_references import composition, fit_element_references
 from escn_plugin.workflows.equivariance import rotation_error
 from escn_plugin.workflows.fairchem_runner import (
@@ -482,6 +483,21 @@ def test_run_fairchem_puts_the_config_seed_on_the_command_line(tmp_path, monkeyp
     assert run_fairchem({}, tmp_path, "validate", stream=False) == "done\n"
     seeds = [cmd[cmd.index("--seed") + 1] for cmd in commands]
     assert seeds == ["7", "0"]
+
+
+def test_s2ef_config_validates_the_last_step(data_root):
+    """Validation every ``eval_every_epochs`` epochs when that divides ``epochs``, else
+    every epoch: fairchem validates when ``step % eval_every == 0``, so the final weights
+    are always validated (and can become ``best_checkpoint.pt``)."""
+    n_frames = load_metadata(data_root)["s2ef"]["train"]["n_frames"]
+    per_epoch = -(-n_frames // 4)
+    for epochs, every, expected in ((10, 2, 2), (9, 2, 1), (6, 3, 3), (4, 3, 1), (1, 2, 1)):
+        optim = s2ef_config(data_root, epochs=epochs, batch_size=4, eval_every_epochs=every)[
+            "optim"
+        ]
+        assert optim["eval_every"] == expected * per_epoch
+        assert optim["T_max"] == epochs * per_epoch
+        assert optim["T_max"] % optim["eval_every"] == 0
 
 
 def test_learning_curve_from_a_fairchem_log():
