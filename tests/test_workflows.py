@@ -487,17 +487,18 @@ def test_run_fairchem_puts_the_config_seed_on_the_command_line(tmp_path, monkeyp
 
 def test_s2ef_config_validates_the_last_step(data_root):
     """Validation every ``eval_every_epochs`` epochs when that divides ``epochs``, else
-    every epoch: fairchem validates when ``step % eval_every == 0``, so the final weights
-    are always validated (and can become ``best_checkpoint.pt``)."""
+    every epoch (fairchem's default, which counts the real loader, so it also holds with
+    several ranks): fairchem validates when ``step % eval_every == 0``, so the final
+    weights are always validated (and can become ``best_checkpoint.pt``)."""
     n_frames = load_metadata(data_root)["s2ef"]["train"]["n_frames"]
     per_epoch = -(-n_frames // 4)
-    for epochs, every, expected in ((10, 2, 2), (9, 2, 1), (6, 3, 3), (4, 3, 1), (1, 2, 1)):
+    for epochs, every, expected in ((10, 2, 2), (6, 3, 3), (9, 2, 1), (4, 3, 1), (1, 2, 1)):
         optim = s2ef_config(data_root, epochs=epochs, batch_size=4, eval_every_epochs=every)[
             "optim"
         ]
-        assert optim["eval_every"] == expected * per_epoch
         assert optim["T_max"] == epochs * per_epoch
-        assert optim["T_max"] % optim["eval_every"] == 0
+        assert optim.get("eval_every", per_epoch) == expected * per_epoch
+        assert ("eval_every" in optim) == (expected > 1)
 
 
 def test_learning_curve_from_a_fairchem_log():
