@@ -108,7 +108,8 @@ def run_demo(
     config = s2ef_config(data_root, model=model, epochs=epochs, seed=seed, element_references=refs)
     trained = train(config, run_root / "train", stream=stream)
     # best_checkpoint.pt: EMA weights in place (what OCPCalculator needs too), chosen on
-    # val forces MAE at the end of each epoch (with the cosine schedule: usually the last)
+    # val forces MAE at each validation (every DEMO_EVAL_EVERY_EPOCHS epochs and after the
+    # last step; with the cosine schedule usually the last)
     checkpoint = trained["best_checkpoint"]
     curve = learning_curve(trained["log"])
     log(f"trained in {trained['seconds']:.0f} s: {checkpoint}")
