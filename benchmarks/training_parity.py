@@ -47,6 +47,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, machine_lines, markdown_table, write_outputs  # noqa: E402
 
+from escn_plugin.workflows.fairchem_runner import fairchem_command  # noqa: E402
+
 ARMS = ("reference", "converted", "own")
 ARM_LABELS = {
     "reference": "reference `escn`",
@@ -168,11 +170,6 @@ def initial_checkpoints(model: dict, seed: int, run_dir: Path) -> dict[str, Path
 
 
 # -- running fairchem --------------------------------------------------------------------
-
-
-def fairchem_command() -> list[str]:
-    script = Path(sys.executable).with_name("fairchem")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fairchem.core._cli"]
 
 
 _TRAIN_LINE = re.compile(r"energy_mae: (\S+), forces_mae: (\S+), loss: (\S+),.*\bstep: (\S+)")
