@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-# the paper's configurations (SPEC §4); layer counts are set per run (CPU: fewer layers)
+# the paper's configurations (docs/design.md §4); layer counts are set per run (CPU: fewer layers)
 CONFIGS: dict[str, dict] = {
     "small": dict(
         lmax_list=[2], mmax_list=[1], sphere_channels=32, hidden_channels=64, edge_channels=32
@@ -61,7 +61,7 @@ def build_reference(config: dict, device: str = "cpu", seed: int = 0):
 
 def build_pair(config: dict, device: str = "cpu", seed: int = 0):
     """The reference and ours with the same weights (ours loaded from the reference's)."""
-    from escn_plugin.convert import convert_state_dict
+    from escn_plugin.cli.convert import convert_state_dict
 
     ref = build_reference(config, device, seed)
     ours = build_ours(config, device, seed)

@@ -96,12 +96,13 @@ def chart_of(vec: torch.Tensor) -> torch.Tensor:
 
 
 def edge_vectors(model, batch) -> torch.Tensor:
-    from escn_plugin.energy_gradients import periodic_edge_vectors
+    from escn_plugin.model.inputs import edge_vectors as exact_edge_vectors
 
     graph = model.generate_graph(batch)
-    return periodic_edge_vectors(
+    vec, _ = exact_edge_vectors(
         batch.pos, batch.cell, batch.batch, graph.edge_index, graph.cell_offsets
     )
+    return vec
 
 
 def jumps(model, atoms, num_edges: int, delta: float = 1e-9, seed: int = 0) -> list[float]:

@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from escn_plugin.workflows.fairchem_runner import run_fairchem  # noqa: E402
 
 MODEL = dict(
     name="escn_plugin.eSCN",
@@ -174,24 +174,9 @@ def train(config: dict, workdir: Path) -> tuple[Path, float]:
     ckpts = list(workdir.glob("checkpoints/*/checkpoint.pt"))
     if ckpts:
         return ckpts[0], float("nan")
-    cfg = workdir / "config.yml"
-    cfg.write_text(yaml.safe_dump(config))
     start = time.time()
-    cmd = [
-        "fairchem",
-        "--mode",
-        "train",
-        "--config-yml",
-        str(cfg),
-        "--cpu",
-        "--run-dir",
-        str(workdir),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
-    (workdir / "train.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"training failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    log = run_fairchem(config, workdir, "train", stream=False)  # passes config["seed"]
+    (workdir / "train.log").write_text(log)
     return next(workdir.glob("checkpoints/*/checkpoint.pt")), time.time() - start
 
 

@@ -57,7 +57,7 @@ def spread_weights_(model: torch.nn.Module, seed: int = 1) -> None:
 
 def compare_outputs(config: dict, batch, device: str) -> dict:
     """Max differences of energy and forces, reference (with our frames) vs ours."""
-    from escn_plugin.convert import convert_state_dict
+    from escn_plugin.cli.convert import convert_state_dict
 
     ref = common.build_reference(config, device)
     spread_weights_(ref)

@@ -1,6 +1,6 @@
 """Cost per edge of an SO(3) tensor-product convolution vs eSCN's SO(2) route, L = 1..8.
 
-Both compute the same message (SPEC §2), channel-wise ("uvu"), with per-edge weights:
+Both compute the same message (docs/design.md §2), channel-wise ("uvu"), with per-edge weights:
 
 * SO(3): e3nn's ``o3.TensorProduct`` (default code generation) of the node coefficients
   x [E, K, C] with the edge's spherical harmonics Y(r̂), all paths (li, lf, lo) <= L of both
@@ -27,14 +27,13 @@ least-squares fit cost ~ L^p over L >= 2 for each route.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import math
 import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,17 +46,8 @@ if str(REPO) not in sys.path:
 
 from e3nn import o3  # noqa: E402
 
+from escn_plugin.common.default_dtype import default_dtype  # noqa: E402
 from escn_plugin.so3 import CoefficientLayout, EdgeRotation  # noqa: E402
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def paths(lmax: int) -> list[tuple[int, int, int]]:
@@ -162,7 +152,7 @@ class SO2Conv:
 
 
 def map_weights(lmax: int, weights: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """SO(3) path weights [E, P, C] -> w̃_{±m} [E, n_m, n_m, C] (SPEC §2)."""
+    """SO(3) path weights [E, P, C] -> w̃_{±m} [E, n_m, n_m, C] (docs/design.md §2)."""
     pole = weights.new_tensor([0.0, 1.0, 0.0])
     y0 = [o3.spherical_harmonics(lf, pole, normalize=True)[lf] for lf in range(lmax + 1)]
     w_plus, w_minus = [], []

@@ -149,7 +149,7 @@ def initial_checkpoints(model: dict, seed: int, run_dir: Path) -> dict[str, Path
     from fairchem.core.common.registry import registry
 
     import escn_plugin
-    from escn_plugin.convert import convert_state_dict
+    from escn_plugin.cli.convert import convert_state_dict
 
     torch.manual_seed(seed)
     reference = registry.get_model_class("escn")(**model)

@@ -62,18 +62,15 @@ def check_agreement(lmax: int, mmax: int, device: str) -> float:
     """Max |ours - reference| over 2000 edges, reference given our frames, float64."""
     from fairchem.core.models.escn.so3 import SO3_Rotation
 
+    from escn_plugin.common.default_dtype import float64_default
     from escn_plugin.so3 import CoefficientLayout, EdgeRotation, edge_frame
 
     vec = edge_vectors(2000, device, torch.float64, seed=1)
     layout = CoefficientLayout([lmax], [mmax])
     rotation = EdgeRotation(layout).to(device)
     ours = rotation.to_dense(rotation(vec))  # [E, K_M, K]
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # the reference allocates wigner in the default dtype
-    try:
+    with float64_default():  # the reference allocates wigner in the default dtype
         ref = SO3_Rotation(edge_frame(vec), lmax).wigner
-    finally:
-        torch.set_default_dtype(previous)
     rows = layout.lm_index(layout.m_major).to(device)
     return (ours - ref.to(ours.dtype)[:, rows]).abs().max().item()
 

@@ -13,7 +13,8 @@ imported, the short names in :data:`REGISTERED_NAMES` resolve too.
 
 from fairchem.core.common.registry import registry
 
-import escn_plugin.so2  # noqa: F401  (registers SO(2) implementations)
+import escn_plugin.datasets.checked_lmdb  # noqa: F401  (registers the checked LMDB datasets)
+import escn_plugin.so2  # noqa: F401  (registers SO(2) implementations and oracles)
 import escn_plugin.so3  # noqa: F401  (registers rotation backends)
 from escn_plugin.model import (
     eSCN,

@@ -24,10 +24,23 @@ fi
 
 # 2. torch-scatter / torch-sparse: PyPI has sources only, which must be compiled against the
 #    installed torch, hence --no-build-isolation (pip caches the built wheels).
+#    Each build compiles one file at a time, so the two run side by side (one core each);
+#    pip wheel keeps them out of each other's way, then one pip install takes both wheels.
 if ! have "import torch_scatter, torch_sparse"; then
-  echo "[install] building torch-scatter and torch-sparse from source (about 15 min on 2 cores)"
+  echo "[install] building torch-scatter and torch-sparse from source, side by side"
   "${PIP[@]}" wheel "setuptools>=64" ninja
-  "${PIP[@]}" --no-build-isolation torch-scatter torch-sparse
+  WHEELS=$(mktemp -d)
+  for pkg in torch-scatter torch-sparse; do
+    "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps \
+      -w "$WHEELS" "$pkg" > "$WHEELS/$pkg.log" 2>&1 &
+  done
+  failed=0
+  for job in $(jobs -p); do wait "$job" || failed=1; done
+  if [ "$failed" -ne 0 ]; then
+    tail -n 30 "$WHEELS"/*.log; echo "[install] source build failed (logs above)"; exit 1
+  fi
+  "${PIP[@]}" "$WHEELS"/*.whl
+  rm -rf "$WHEELS"
 fi
 
 # 3. fairchem-core 1.10 and the plugin itself (editable), with test extras.

@@ -47,7 +47,7 @@ MODEL_SIZES = {
     (6, 3, 20, 160, 384): ("eSCN-L6-M3-Lay20", 200e6, 200_227_840),
 }
 
-# SPEC section 4: the paper's four training runs
+# docs/design.md §4: the paper's four training runs
 PAPER_RUNS = {
     "oc20/s2ef/2M/eSCN-L4-M2-Lay12.yml": dict(gpus=16, batch=6, epochs=12, e_coef=2),
     "oc20/s2ef/2M/eSCN-L6-M2-Lay12.yml": dict(gpus=16, batch=6, epochs=12, e_coef=2),
@@ -203,7 +203,7 @@ def test_leaf_loads_with_fairchem(path, tmp_path, monkeypatch):
     assert model["cutoff"] == 12.0 and model["max_neighbors"] == 20
     assert model["use_pbc"] is True and model["num_sphere_samples"] == 128
     # paper configs load the official checkpoints: the reference's grids and Fibonacci
-    # readout, which those weights were trained on (README "Grids and equivariance")
+    # readout, which those weights were trained on (docs/notes.md §3.4)
     for key in ("resolution", "node_resolution", "readout_grid", "random_grid_rotation"):
         assert not model.get(key), (key, model[key])
     assert model["distance_function"] == "gaussian" and model["basis_width_scalar"] == 2.0
@@ -245,7 +245,7 @@ def test_s2ef_training_recipe(path):
     losses = {k: v for loss in cfg["loss_functions"] for k, v in loss.items()}
     assert losses["forces"] == {"fn": "l2mae", "coefficient": 100}
     assert losses["energy"]["fn"] == "mae" and losses["energy"]["coefficient"] in (2, 4)
-    # SPEC section 4: AdamW (amsgrad) lr 8e-4, warmup 100 steps, x0.3 steps, EMA 0.999
+    # docs/design.md §4: AdamW (amsgrad) lr 8e-4, warmup 100 steps, x0.3 steps, EMA 0.999
     assert optim["optimizer"] == "AdamW" and optim["optimizer_params"] == {"amsgrad": True}
     assert optim["lr_initial"] == 8e-4 and optim["lr_gamma"] == 0.3
     assert optim["warmup_steps"] == 100 and optim["warmup_factor"] == 0.2
@@ -389,9 +389,9 @@ def test_conservative_config(path, tmp_path, monkeypatch):
     # a smooth energy: a cutoff envelope and no neighbour truncation
     assert model["envelope_exponent"] == 5
     assert model["max_neighbors"] >= 300 and model["enforce_max_neighbors_strictly"] is False
-    # grids measured by benchmarks/chart_jump.py (README "Conservative forces")
+    # grids measured by benchmarks/chart_jump.py (benchmarks/README.md, "Chart jumps and grids")
     assert model["resolution"] == [14, 21] and model["readout_grid"] == [16, 17]
-    # trained from scratch: grids turned in training (README "Grids and equivariance")
+    # trained from scratch: grids turned in training (docs/notes.md §3.4)
     assert model["random_grid_rotation"] is True
     assert model["random_roll"] is False and not model.get("compile_layers", False)
     assert model["energy_scale"] == 1.0

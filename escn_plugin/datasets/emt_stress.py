@@ -34,7 +34,7 @@ symmetric. For slabs ``V`` is the whole cell's volume, vacuum included, as ASE d
 
 Records and layout
 ------------------
-Each LMDB is written with :func:`escn_plugin.datasets.oc20_emt.write_lmdb` (fairchem's
+Each LMDB is written with :func:`escn_plugin.datasets.lmdb_io.write_lmdb` (fairchem's
 ``format: lmdb``) and holds the OC20 S2EF record fields (``pos`` [N, 3] float32, ``cell``
 [1, 3, 3] float32, ``atomic_numbers`` [N] uint8, ``natoms``, ``tags`` [N] int64, ``fixed``
 [N] int32, ``pbc`` [3] bool, ``sid``, ``fid`` = 0, ``y``, ``force`` [N, 3] float32) plus
@@ -71,10 +71,10 @@ import torch
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc111
 from ase.data import chemical_symbols
-from ase.geometry import wrap_positions
 from torch_geometric.data import Data
 
-from escn_plugin.datasets.oc20_emt import METALS, SPLITS, read_lmdb, value_summary, write_lmdb
+from escn_plugin.datasets.lmdb_io import read_lmdb, write_lmdb
+from escn_plugin.datasets.oc20_emt import METALS, SPLITS, float32_geometry, value_summary
 from escn_plugin.datasets.vectorized_emt import VectorizedEMT
 
 __all__ = [
@@ -112,16 +112,6 @@ def _symmetric_strain(rng: np.random.Generator, dims: int) -> np.ndarray:
     return e
 
 
-def _float32_geometry(atoms: Atoms) -> Atoms:
-    """A copy with float32-valued cell and (wrapped) positions."""
-    atoms = atoms.copy()
-    cell = atoms.cell.array.astype(np.float32).astype(np.float64)
-    atoms.set_cell(cell, scale_atoms=False)
-    positions = wrap_positions(atoms.get_positions(), cell, pbc=True, eps=0)
-    atoms.set_positions(positions.astype(np.float32).astype(np.float64))
-    return atoms
-
-
 def build_frame(metal: str, kind: str, rng: np.random.Generator) -> Atoms:
     """One strained, rattled, rotated bulk cell or slab of ``metal`` with an EMT calculator."""
     if kind == "bulk":
@@ -146,7 +136,7 @@ def build_frame(metal: str, kind: str, rng: np.random.Generator) -> Atoms:
     rotation = _random_rotation(rng)  # row vectors: x -> x R^T
     atoms.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
     atoms.positions = atoms.positions @ rotation.T
-    atoms = _float32_geometry(atoms)
+    atoms = float32_geometry(atoms)
     atoms.calc = VectorizedEMT()
     return atoms
 
@@ -311,6 +301,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         return generate(args.out, args.seed, args.num_train, args.num_val, args.num_test)
     except ValueError as err:
         parser.error(str(err))
+
+
+def console() -> None:
+    """The console script (``main`` returns what it wrote for Python callers)."""
+    main()
 
 
 if __name__ == "__main__":

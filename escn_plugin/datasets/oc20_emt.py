@@ -80,14 +80,12 @@ import functools
 import json
 import math
 import os
-import pickle
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import numpy as np
 import torch
 from ase import Atoms
@@ -98,10 +96,11 @@ from ase.geometry import wrap_positions
 from ase.optimize import BFGS
 from torch_geometric.data import Data
 
-from escn_plugin.datasets.lmdb_file import iter_records
+from escn_plugin.datasets.lmdb_io import read_lmdb, write_lmdb
 from escn_plugin.datasets.vectorized_emt import VectorizedEMT
 
 __all__ = [
+    "float32_geometry",
     "ADSORBATES",
     "FORMAT_VERSION",
     "METALS",
@@ -154,8 +153,6 @@ GAS_MOLECULES = {"H": ("H2", None), "O": ("O2", None), "N": ("N2", None), "C": (
 RELAX_FMAX = 0.05  # eV/A
 RELAX_MAX_STEPS = 300
 RATTLE_STD = (0.05, 0.1)  # A, range of the per-frame Gaussian sigma
-
-LMDB_MAP_SIZE = 1 << 30  # an upper bound; the file grows only as written (sparse on Linux)
 
 
 @dataclass(frozen=True)
@@ -259,7 +256,7 @@ def _adsorbate(name: str, rng: np.random.Generator) -> Atoms:
     return molecule
 
 
-def _float32_geometry(atoms: Atoms, wrap: bool = True) -> Atoms:
+def float32_geometry(atoms: Atoms, wrap: bool = True) -> Atoms:
     """A copy whose cell and positions are float32 values (wrapped into the cell first)."""
     atoms = atoms.copy()
     cell = atoms.cell.array.astype(np.float32).astype(np.float64)
@@ -365,7 +362,7 @@ def build_system(spec: SystemSpec, rng: np.random.Generator) -> Atoms:
 
     slab.rotate(spec.angle_deg, "z", rotate_cell=True)
     slab.positions += np.asarray(spec.shift) @ slab.cell.array[:2]
-    return _float32_geometry(slab)
+    return float32_geometry(slab)
 
 
 def relax(atoms: Atoms) -> tuple[list[np.ndarray], bool]:
@@ -384,7 +381,7 @@ def _with_positions(atoms: Atoms, positions: np.ndarray, wrap: bool = True) -> A
     """A float32-rounded copy of ``atoms`` at ``positions`` with an EMT calculator."""
     frame = atoms.copy()
     frame.set_positions(positions, apply_constraint=False)
-    frame = _float32_geometry(frame, wrap=wrap)
+    frame = float32_geometry(frame, wrap=wrap)
     frame.calc = VectorizedEMT()
     return frame
 
@@ -477,7 +474,7 @@ def _label_all(
     seed: int, systems: Sequence[SystemSpec], frames_per_system: int, workers: int
 ) -> Iterator[dict[str, Any]]:
     """:func:`label_system` of every system, in order, in ``workers`` processes."""
-    from escn_plugin.workflows.progress import progress
+    from escn_plugin.common.progress import progress
 
     jobs = [(seed, spec, frames_per_system) for spec in systems]
     if workers <= 1:
@@ -494,41 +491,6 @@ def _label_all(
 
 def _label_job(job: tuple[int, SystemSpec, int]) -> dict[str, Any]:
     return label_system(*job)
-
-
-def write_lmdb(path: str | os.PathLike, records: Sequence[Data]) -> Path:
-    """Write ``records`` as fairchem's ``LmdbDataset`` reads them, plus ``metadata.npz``.
-
-    Replaces an existing file. No lock file is made (single writer).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    env = lmdb.open(
-        str(path),
-        map_size=LMDB_MAP_SIZE,
-        subdir=False,
-        meminit=False,
-        map_async=True,
-        lock=False,
-    )
-    try:
-        with env.begin(write=True) as txn:
-            for index, data in enumerate(records):
-                txn.put(f"{index}".encode("ascii"), pickle.dumps(data, protocol=-1))
-            txn.put(b"length", pickle.dumps(len(records), protocol=-1))
-        env.sync()
-    finally:
-        env.close()
-    natoms = np.array([int(data.natoms) for data in records], dtype=np.int64)
-    np.savez(path.parent / "metadata.npz", natoms=natoms)
-    return path
-
-
-def read_lmdb(path: str | os.PathLike) -> list[Data]:
-    """All records of one LMDB file written by :func:`write_lmdb`, in key order; a
-    truncated or corrupted file raises a ValueError naming it (and the record)."""
-    return [record for _, _, record in iter_records(path)]
 
 
 def value_summary(values: Sequence[float]) -> dict[str, float]:
@@ -705,6 +667,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return generate(args.out, seed=args.seed, size=args.size, workers=args.workers)
     except ValueError as err:
         parser.error(str(err))
+
+
+def console() -> None:
+    """The console script (``main`` returns what it wrote for Python callers)."""
+    main()
 
 
 if __name__ == "__main__":

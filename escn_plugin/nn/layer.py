@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from escn_plugin.nn.edge_groups import MessageEdges
+from escn_plugin.common.edge_groups import MessageEdges
 from escn_plugin.nn.message import MessageBlock
 from escn_plugin.nn.node_update import NodeUpdate
 

@@ -10,7 +10,7 @@ Per edge e = (s -> t) with edge-frame rotation W_e [K_M, K] (block-sparse, see
 The SO(2) blocks read node coefficients and the rotation rows directly (the default
 ``factored`` block applies its input maps per node, before rotating). Rotating back and
 summing over a node's edges is one ``bmm`` per degree over nodes, edges in per-target
-slots (:mod:`escn_plugin.nn.edge_groups`): no [E, K, C] tensor, no scatter.
+slots (:mod:`escn_plugin.common.edge_groups`): no [E, K, C] tensor, no scatter.
 """
 
 from __future__ import annotations
@@ -18,73 +18,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from escn_plugin.backends import SO2_IMPLEMENTATIONS
+from escn_plugin.common.edge_groups import MessageEdges
+from escn_plugin.common.implementations import SO2_IMPLEMENTATIONS
 from escn_plugin.nn.edge_features import EdgeFeatures
-from escn_plugin.nn.edge_groups import MessageEdges, NodeGroups, pad
-from escn_plugin.so3.layout import CoefficientLayout, WignerBlockLayout
+from escn_plugin.so2.so2_conv import source_target_messages
+from escn_plugin.so3.layout import CoefficientLayout
 from escn_plugin.so3.projections import EdgeGridActivation
+from escn_plugin.so3.rotation import RotateBackSum
 
-__all__ = ["MessageBlock", "RotateBackSum"]
-
-
-class _TransposedBmm(torch.autograd.Function):
-    """``bmm(d^T, y)`` that keeps y for the backward only when d needs a gradient.
-
-    torch's bmm always saves both operands; here y ([N, W r_l, C], the messages) is only
-    needed for d's gradient (the rotation rows require grad only when forces are taken
-    as -dE/dpos). The backward is made of bmm, so it is differentiable again.
-    """
-
-    @staticmethod
-    def forward(ctx, d, y):  # noqa: ANN001, ANN205
-        # autocast does not reach inside a Function: compute in the wider of the two dtypes
-        dtype = torch.promote_types(d.dtype, y.dtype)
-        d, y = d.to(dtype), y.to(dtype)
-        ctx.save_for_backward(d, y if ctx.needs_input_grad[0] else None)
-        return torch.bmm(d.transpose(1, 2), y)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        d, y = ctx.saved_tensors
-        grad = grad.to(d.dtype)
-        grad_d = torch.bmm(y, grad.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        grad_y = torch.bmm(d, grad) if ctx.needs_input_grad[1] else None
-        return grad_d, grad_y
-
-
-class RotateBackSum(nn.Module):
-    """``message[n] = sum over the edges e of node n of W_e^T y_e``, degree by degree.
-
-    ``y [E, K_M, C]`` must hold its rows in :attr:`rows` order (the m-major rows regrouped
-    per (res, l) block); each block D^l[rows_l, :] of W acts on its own rows:
-    ``message_l[n] = sum_e D^l_e[rows_l]^T y_e[rows_l]``, a bmm over nodes of
-    [2l+1, W r_l] x [W r_l, C]. Non-zero entries only (235 of 1421 at L6-M2).
-    """
-
-    def __init__(self, layout: CoefficientLayout) -> None:
-        super().__init__()
-        blocks = WignerBlockLayout(layout).degree_blocks
-        rows = [r for _, _, block_rows, _ in blocks for r in block_rows]
-        entries = [i for _, _, _, block_entries in blocks for i in block_entries]
-        self.block_shapes = [(len(block_rows), 2 * l + 1) for _, l, block_rows, _ in blocks]
-        self.register_buffer("rows", torch.tensor(rows), persistent=False)  # [K_M]
-        self.register_buffer("entries", torch.tensor(entries), persistent=False)  # [nnz]
-
-    def forward(self, wigner: torch.Tensor, y: torch.Tensor, groups: NodeGroups) -> torch.Tensor:
-        """``wigner [E, nnz]``, ``y [E, K_M, C]`` (rows in :attr:`rows` order) -> ``[N, K, C]``."""
-        num_nodes, width = groups.slots.shape
-        channels = y.shape[-1]
-        wigner = pad(wigner.index_select(1, self.entries), groups)  # [N*W, nnz] per block
-        y = pad(y, groups).view(num_nodes, width, -1, channels)  # [N, W, K_M, C]
-        # split (not slicing): its backward is one cat, a slice's zero-fills the whole input
-        d_blocks = wigner.split([rows * cols for rows, cols in self.block_shapes], dim=1)
-        y_blocks = y.split([rows for rows, _ in self.block_shapes], dim=2)
-        out = []
-        for (num_rows, num_cols), d, y_l in zip(self.block_shapes, d_blocks, y_blocks):
-            d = d.reshape(num_nodes, width * num_rows, num_cols)  # [N, W r_l, 2l+1]
-            y_l = y_l.reshape(num_nodes, width * num_rows, channels)  # [N, W r_l, C]
-            out.append(_TransposedBmm.apply(d, y_l))  # [N, 2l+1, C]
-        return torch.cat(out, dim=1)  # [N, K, C], full l-major layout
+__all__ = ["MessageBlock"]
 
 
 class MessageBlock(nn.Module):
@@ -127,7 +69,7 @@ class MessageBlock(nn.Module):
         edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x [N, K, C]``, ``basis [E, B]``, ``edge_index [2, E]`` (source, target),
-        ``edges`` (rotation rows and node groups, :func:`~escn_plugin.nn.edge_groups.
+        ``edges`` (rotation rows and node groups, :func:`~escn_plugin.common.edge_groups.
         message_edges`), ``edge_weight [E]`` (optional factor on each edge's message)
         -> aggregated messages ``[N, K, C]``."""
         if edge_index.shape[1] == 0:  # no edges in the whole batch: no messages
@@ -135,8 +77,8 @@ class MessageBlock(nn.Module):
         source, target = edge_index
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
         wigner, scalar = edges.wigner, self.scalar_input
-        y = self.so2_source.pair_from_nodes(
-            self.so2_target, x, wigner, edges.source, edges.target, x_edge, scalar
+        y = source_target_messages(
+            self.so2_source, self.so2_target, x, wigner, edges.source, edges.target, x_edge, scalar
         )  # [E, K_M, C]: source block + target block
         # [E, K_M, C], rows grouped per degree; the [E, G, C] grid values are recomputed
         # in the backward (escn_plugin.so3.grid_silu), not kept

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.so3.projections import SphereSampler, resolution_linear
-from escn_plugin.so3.wigner import random_layout_rotation
+from escn_plugin.so3.wigner import random_layout_rotation, rotate_coefficients
 
 __all__ = ["NodeUpdate"]
 
@@ -71,9 +71,8 @@ class NodeUpdate(nn.Module):
         """
         if self.random_rotation and self.training:
             _, wigner = random_layout_rotation(self.lmax_list, x)  # [K, K]
-            x = torch.einsum("jk,nkc->njc", wigner, x)
-            message = torch.einsum("jk,nkc->njc", wigner, message)
-            return torch.einsum("kj,nkc->njc", wigner, self._checkpointed(x, message))
+            x, message = rotate_coefficients(wigner, x), rotate_coefficients(wigner, message)
+            return rotate_coefficients(wigner, self._checkpointed(x, message), inverse=True)
         return self._checkpointed(x, message)
 
     def _checkpointed(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ and every pair of degrees (l_in, l_out),
     y_{-m} = W_i x_{+m} + W_r x_{-m}          (m = 0:  y_0 = W_0 x_0)
 
 i.e. the complex product (x_{+m} + i x_{-m})(W_r + i W_i): the most general linear map
-that commutes with rotations about the edge axis (``../SPEC.md`` §2). Here x_{±m} stacks the
+that commutes with rotations about the edge axis (``docs/design.md`` §2). Here x_{±m} stacks the
 ±m coefficients of every degree l >= m and channel, flattened [E, n_m * C] in the m-major
 layout of :mod:`escn_plugin.so3.layout`.
 
@@ -17,7 +17,9 @@ layout of :mod:`escn_plugin.so3.layout`.
   from the invariant edge features e through SiLU(Linear). Bias-free maps on coefficients
   keep the block equivariant.
 
-Implementations are registered by name (``so2_impl`` in the model config).
+The model runs :class:`FactoredSO2Convolution` (registered ``"factored"``); the same block
+computed edge by edge (``"escn"``, the reference's way) and with materialised weights
+(``"explicit"``) are oracles for tests and parity, in :mod:`escn_plugin.so2.oracles`.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from escn_plugin.backends import SO2_IMPLEMENTATIONS
-from escn_plugin.nn.edge_groups import NodeGroups, pad, unpad
-from escn_plugin.so3.layout import CoefficientLayout, WignerBlockLayout
+from escn_plugin.common.edge_groups import NodeGroups, pad, unpad
+from escn_plugin.common.implementations import SO2_IMPLEMENTATIONS
+from escn_plugin.so3.layout import CoefficientLayout
+from escn_plugin.so3.rotation import WignerBlockLayout, dense_index, rotate_in
 
 __all__ = [
-    "ExplicitSO2Convolution",
     "FactoredSO2Convolution",
     "SO2Convolution",
     "complex_combine",
     "so2_linear",
+    "source_target_messages",
 ]
 
 
@@ -81,9 +84,8 @@ def so2_linear(
     return torch.cat(out, dim=1)
 
 
-@SO2_IMPLEMENTATIONS.register("escn")
 class SO2Convolution(nn.Module):
-    """eSCN's edge-conditioned SO(2) convolution block (SPEC §3).
+    """eSCN's edge-conditioned SO(2) convolution block (docs/design.md §3).
 
     Args:
         layout: coefficient layout (gives n_m, the number of degrees per order m).
@@ -115,9 +117,7 @@ class SO2Convolution(nn.Module):
         )
         self.group_sizes = [layout.m_size[0]] + [2 * n for n in layout.m_size[1:]]
         self.act = nn.SiLU()
-        entries = WignerBlockLayout(layout).entries
-        dense = torch.tensor([r * layout.num_full + k for r, k in entries])
-        self.register_buffer("dense_index", dense, persistent=False)  # [nnz] into [K_M * K]
+        self.register_buffer("dense_index", dense_index(layout), persistent=False)  # [nnz]
 
     def forward(self, x: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
         num_edges = x.shape[0]
@@ -151,26 +151,7 @@ class SO2Convolution(nn.Module):
         ``groups.index``: rotate ``x[index]`` into the edge frame with the dense
         ``W [E, K_M, K]`` (from the block-sparse ``wigner [E, nnz]``), then :meth:`forward`.
         ``scalar_input`` (x non-zero on l = 0 only) is a hint this path does not use."""
-        num_edges = wigner.shape[0]
-        size = self.layout.num_m_major * self.layout.num_full
-        dense = wigner.new_zeros(num_edges, size).index_copy(1, self.dense_index, wigner)
-        dense = dense.view(num_edges, self.layout.num_m_major, self.layout.num_full)
-        return self(torch.bmm(dense, x[groups.index]), x_edge)
-
-    def pair_from_nodes(
-        self,
-        other: SO2Convolution,
-        x: torch.Tensor,
-        wigner: torch.Tensor,
-        groups: NodeGroups,
-        other_groups: NodeGroups,
-        x_edge: torch.Tensor,
-        scalar_input: bool = False,
-    ) -> torch.Tensor:
-        """``self`` on the ``groups`` side plus ``other`` on the ``other_groups`` side
-        (the source and target blocks of a message): ``[E, K_M, C]``."""
-        y = self.from_nodes(x, wigner, groups, x_edge, scalar_input)
-        return y + other.from_nodes(x, wigner, other_groups, x_edge, scalar_input)
+        return self(rotate_in(wigner, x, groups, self.layout, self.dense_index), x_edge)
 
 
 class SO2OrderConvolution(nn.Module):
@@ -200,27 +181,6 @@ class SO2OrderConvolution(nn.Module):
         return complex_combine(self.out_r(hidden_r), self.out_i(hidden_i))  # [E, 2, F]
 
 
-@SO2_IMPLEMENTATIONS.register("explicit")
-class ExplicitSO2Convolution(SO2Convolution):
-    """The same block, parameters and all, computed the long way: it materialises the
-    per-edge weight matrices ``W = out diag(g(e)) in`` of every order and applies
-    :func:`so2_linear`. Slow (E x F x F memory); it shows that the learned block is exactly
-    the SO(2) map of the reduction, and serves as the oracle for the fast path."""
-
-    def forward(self, x: torch.Tensor, x_edge: torch.Tensor) -> torch.Tensor:
-        gate0 = self.act(self.edge_m0(x_edge))  # [E, H]
-        w0 = torch.einsum("oh,eh,hi->eoi", self.m0_out.weight, gate0, self.m0_in.weight)
-        weights: list[tuple[torch.Tensor, torch.Tensor | None]] = [(w0, None)]
-        for conv in self.orders:
-            h = conv.hidden_channels
-            gate = conv.act(conv.edge_gate(x_edge))  # [E, 2H]
-            w_in = conv.in_proj.weight  # [2H, F]
-            w_r = torch.einsum("oh,eh,hi->eoi", conv.out_r.weight, gate[:, :h], w_in[:h])
-            w_i = torch.einsum("oh,eh,hi->eoi", conv.out_i.weight, gate[:, h:], w_in[h:])
-            weights.append((w_r, w_i))
-        return so2_linear(x, self.layout, weights)
-
-
 @SO2_IMPLEMENTATIONS.register("factored")
 class FactoredSO2Convolution(SO2Convolution):
     """The same block (same parameters), with its input maps applied per node, before
@@ -234,7 +194,7 @@ class FactoredSO2Convolution(SO2Convolution):
 
     over the columns k with l_k >= m. The per-node z_m costs N K H' C instead of
     E n_m H' C per side, and the per-edge sum is one bmm per order over nodes with the
-    edges in per-node slots (:mod:`escn_plugin.nn.edge_groups`): no [E, K, C] gather,
+    edges in per-node slots (:mod:`escn_plugin.common.edge_groups`): no [E, K, C] gather,
     no rotation into the edge frame. Exactly the SO(2) block of :class:`SO2Convolution`
     on ``W_e x[index]`` (up to rounding).
 
@@ -278,7 +238,7 @@ class FactoredSO2Convolution(SO2Convolution):
         weight = self.m0_in.weight if m == 0 else self.orders[m - 1].in_proj.weight
         return weight.view(weight.shape[0], -1, self.sphere_channels)
 
-    def hidden_from_nodes(
+    def _hidden_from_nodes(
         self,
         x: torch.Tensor,
         wigner: torch.Tensor,
@@ -324,59 +284,12 @@ class FactoredSO2Convolution(SO2Convolution):
     ) -> torch.Tensor:
         """``x [N, K, C]``, ``wigner [E, nnz]`` -> ``[E, K_M, C]``, the block applied to
         each edge's node ``groups.index``, in the edge frame."""
-        hidden = self.hidden_from_nodes(x, wigner, groups, scalar_input)
+        hidden = self._hidden_from_nodes(x, wigner, groups, scalar_input)
         out = self.from_hidden(hidden, x_edge)
         num_rest = self.layout.num_m_major - out.shape[1]
         if num_rest == 0:
             return out
         return torch.cat((out, self._zeros(x_edge.shape[0], num_rest)), 1)
-
-    def pair_from_nodes(
-        self,
-        other: SO2Convolution,
-        x: torch.Tensor,
-        wigner: torch.Tensor,
-        groups: NodeGroups,
-        other_groups: NodeGroups,
-        x_edge: torch.Tensor,
-        scalar_input: bool = False,
-    ) -> torch.Tensor:
-        """This block on the ``groups`` side plus ``other`` on the ``other_groups`` side.
-
-        With two factored blocks the output maps of both blocks and of the real and
-        imaginary parts run as one matmul per order:
-        ``y_m = [h_r, flip(h_i) * (-1, +1), h_r', flip(h_i') * (-1, +1)] [W_r W_i W_r' W_i']^T``
-        (the complex combination of :func:`complex_combine` moved onto the hidden side).
-        """
-        if not isinstance(other, FactoredSO2Convolution):
-            return super().pair_from_nodes(
-                other, x, wigner, groups, other_groups, x_edge, scalar_input
-            )
-        blocks = (self, other)
-        hiddens = [
-            b.hidden_from_nodes(x, wigner, g, scalar_input)
-            for b, g in zip(blocks, (groups, other_groups))
-        ]
-        num_edges, channels = x_edge.shape[0], self.sphere_channels
-        gated = [h[0][:, 0] * b.act(b.edge_m0(x_edge)) for b, h in zip(blocks, hiddens)]
-        weight = torch.cat([b.m0_out.weight for b in blocks], dim=1)  # [n_0 C, 2H]
-        out = [torch.matmul(torch.cat(gated, dim=-1), weight.T).view(num_edges, -1, channels)]
-        sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 2, 1)
-        for m in range(1, len(hiddens[0])):
-            parts, weights = [], []
-            for b, h in zip(blocks, hiddens):
-                conv = b.orders[m - 1]
-                gate = conv.act(conv.edge_gate(x_edge)).unsqueeze(1)  # [E, 1, 2H]
-                hidden_r, hidden_i = (h[m] * gate).chunk(2, dim=-1)  # [E, 2, H] each
-                parts += [hidden_r, hidden_i.flip(1) * sign]
-                weights += [conv.out_r.weight, conv.out_i.weight]
-            y = torch.matmul(torch.cat(parts, dim=-1), torch.cat(weights, dim=1).T)  # [E, 2, F]
-            out.append(y.reshape(num_edges, -1, channels))
-        num_rest = self.layout.num_m_major - sum(o.shape[1] for o in out)
-        if num_rest > 0:  # scalar input: the orders m > 0 are exactly zero
-            zeros = self._zeros(num_edges, num_rest) + other._zeros(num_edges, num_rest)
-            out.append(zeros)
-        return torch.cat(out, dim=1)  # [E, K_M, C]
 
     def _zeros(self, num_edges: int, num_coefficients: int) -> torch.Tensor:
         """``[E, n, C]`` exact zeros: the outputs of the orders m > 0 on zero inputs.
@@ -388,3 +301,53 @@ class FactoredSO2Convolution(SO2Convolution):
         anchor = sum(p.sum() for p in self.orders.parameters()) * 0.0
         zeros = anchor.new_zeros(num_edges, num_coefficients, self.sphere_channels)
         return zeros + anchor
+
+
+def source_target_messages(
+    source: SO2Convolution,
+    target: SO2Convolution,
+    x: torch.Tensor,
+    wigner: torch.Tensor,
+    source_groups: NodeGroups,
+    target_groups: NodeGroups,
+    x_edge: torch.Tensor,
+    scalar_input: bool = False,
+) -> torch.Tensor:
+    """``source(W_e x[s]) + target(W_e x[t])`` ``[E, K_M, C]``: the two SO(2) blocks of a
+    message, each on its end of every edge.
+
+    With two factored blocks the output maps of both blocks and of the real and imaginary
+    parts run as one matmul per order:
+    ``y_m = [h_r, flip(h_i) * (-1, +1), h_r', flip(h_i') * (-1, +1)] [W_r W_i W_r' W_i']^T``
+    (the complex combination of :func:`complex_combine` moved onto the hidden side).
+    """
+    if not (
+        isinstance(source, FactoredSO2Convolution) and isinstance(target, FactoredSO2Convolution)
+    ):
+        y = source.from_nodes(x, wigner, source_groups, x_edge, scalar_input)
+        return y + target.from_nodes(x, wigner, target_groups, x_edge, scalar_input)
+    blocks = (source, target)
+    hiddens = [
+        b._hidden_from_nodes(x, wigner, g, scalar_input)
+        for b, g in zip(blocks, (source_groups, target_groups))
+    ]
+    num_edges, channels = x_edge.shape[0], source.sphere_channels
+    gated = [h[0][:, 0] * b.act(b.edge_m0(x_edge)) for b, h in zip(blocks, hiddens)]
+    weight = torch.cat([b.m0_out.weight for b in blocks], dim=1)  # [n_0 C, 2H]
+    out = [torch.matmul(torch.cat(gated, dim=-1), weight.T).view(num_edges, -1, channels)]
+    sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 2, 1)
+    for m in range(1, len(hiddens[0])):
+        parts, weights = [], []
+        for b, h in zip(blocks, hiddens):
+            conv = b.orders[m - 1]
+            gate = conv.act(conv.edge_gate(x_edge)).unsqueeze(1)  # [E, 1, 2H]
+            hidden_r, hidden_i = (h[m] * gate).chunk(2, dim=-1)  # [E, 2, H] each
+            parts += [hidden_r, hidden_i.flip(1) * sign]
+            weights += [conv.out_r.weight, conv.out_i.weight]
+        y = torch.matmul(torch.cat(parts, dim=-1), torch.cat(weights, dim=1).T)  # [E, 2, F]
+        out.append(y.reshape(num_edges, -1, channels))
+    num_rest = source.layout.num_m_major - sum(o.shape[1] for o in out)
+    if num_rest > 0:  # scalar input: the orders m > 0 are exactly zero
+        zeros = source._zeros(num_edges, num_rest) + target._zeros(num_edges, num_rest)
+        out.append(zeros)
+    return torch.cat(out, dim=1)  # [E, K_M, C]

@@ -30,7 +30,7 @@ from functools import cached_property
 
 import torch
 
-__all__ = ["Coefficient", "CoefficientLayout", "WignerBlockLayout"]
+__all__ = ["Coefficient", "CoefficientLayout"]
 
 
 @dataclass(frozen=True)
@@ -147,76 +147,3 @@ class CoefficientLayout:
             f"CoefficientLayout(lmax_list={self.lmax_list}, mmax_list={self.mmax_list}, "
             f"K={self.num_full}, K_M={self.num_m_major})"
         )
-
-
-class WignerBlockLayout:
-    """Where the non-zero Wigner-D entries of the edge rotation live (block-sparse rows).
-
-    The edge rotation W [K_M, K] (:mod:`escn_plugin.so3.rotation`) is non-zero only where
-    row r = (res, l, m) and column k = (res, l, m') share resolution and degree. Those
-    entries, ``D^l_{m, m'}``, are stored compactly as ``[E, nnz]`` in **row order**: the
-    m-major rows one after the other, each followed by its 2l+1 columns (m' ascending).
-    So the rows of one m-group (+m then -m) are one contiguous slice, which is what the
-    factored SO(2) input maps read, and :attr:`degree_blocks` regroups the entries per
-    (res, l) block for rotating back.
-
-    At L = 6, M = 2: nnz = 235, against K_M * K = 29 * 49 = 1421 dense entries.
-    """
-
-    def __init__(self, layout: CoefficientLayout) -> None:
-        self.layout = layout
-
-    @cached_property
-    def entries(self) -> list[tuple[int, int]]:
-        """(m-major row, full-layout column) of every stored entry, in storage order."""
-        out = []
-        for r, c in enumerate(self.layout.m_major):
-            start = self.layout.full_index(Coefficient(c.res, c.l, -c.l))
-            out += [(r, start + j) for j in range(2 * c.l + 1)]
-        return out
-
-    @property
-    def nnz(self) -> int:
-        return len(self.entries)
-
-    def group(self, m: int) -> tuple[int, int, list[int], list[int]]:
-        """Storage of order m's rows: ``(offset, rows, columns, position)``.
-
-        Entries ``[offset, offset + rows * len(columns))`` hold the +m rows (then the -m
-        rows, rows = 2; rows = 1 for m = 0), each row group as one vector over
-        ``columns`` (full-layout indices, the rows' blocks side by side); ``position[j]``
-        is the index, within order m's degrees (the SO(2) input map's degree axis), of
-        the degree that column j belongs to.
-        """
-        layout = self.layout
-        plus, _ = layout.m_slices(m)
-        offset = sum(2 * layout.m_major[r].l + 1 for r in range(plus.start))
-        columns, position = [], []
-        for g, r in enumerate(range(plus.start, plus.stop)):
-            c = layout.m_major[r]
-            start = layout.full_index(Coefficient(c.res, c.l, -c.l))
-            columns += list(range(start, start + 2 * c.l + 1))
-            position += [g] * (2 * c.l + 1)
-        return offset, 1 if m == 0 else 2, columns, position
-
-    @cached_property
-    def degree_blocks(self) -> list[tuple[int, int, list[int], list[int]]]:
-        """Per (res, l) block, in full-layout order: ``(res, l, rows, entries)``.
-
-        ``rows``: m-major indices of the block's rows (|m| <= min(l, mmax_res), m
-        ascending); ``entries``: storage indices of the block's entries, row by row, so
-        ``values[:, entries].view(E, len(rows), 2l+1)`` is the block D^l[rows, :].
-        """
-        index = {(c.res, c.l, c.m): r for r, c in enumerate(self.layout.m_major)}
-        row_start, start = [], 0
-        for c in self.layout.m_major:
-            row_start.append(start)
-            start += 2 * c.l + 1
-        out = []
-        for res, lmax in enumerate(self.layout.lmax_list):
-            mmax = self.layout.mmax_list[res]
-            for l in range(lmax + 1):
-                rows = [index[(res, l, m)] for m in range(-min(l, mmax), min(l, mmax) + 1)]
-                entries = [row_start[r] + j for r in rows for j in range(2 * l + 1)]
-                out.append((res, l, rows, entries))
-        return out

@@ -18,33 +18,17 @@ column subsets they need as buffers.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-from collections.abc import Iterator
-from functools import cache
 
 import numpy as np
 import torch
 from e3nn import o3
 from e3nn.o3 import FromS2Grid, ToS2Grid
 
-__all__ = ["float64_default", "grid_resolution", "s2_grid_matrices"]
+from escn_plugin.common.default_dtype import cached_constant, constants, float64_default
 
-
-@contextlib.contextmanager
-def float64_default() -> Iterator[None]:
-    """Run with float64 as torch's default dtype.
-
-    e3nn's grid helpers (and fairchem's sphere points) create some intermediates in the
-    default dtype even when asked for float64; cached constants must not depend on it.
-    """
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+__all__ = ["grid_resolution", "s2_grid_matrices"]
 
 
 def grid_resolution(
@@ -78,7 +62,7 @@ def grid_resolution(
     return 2 * (lmax + 1), res_alpha
 
 
-@cache
+@cached_constant
 def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``to_grid [G, K]`` and ``from_grid [G, K]`` (float64), K = (lmax+1)^2, G = beta*alpha.
 
@@ -97,7 +81,7 @@ def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Te
     return to_grid.reshape(-1, num_coeff), from_grid.reshape(-1, num_coeff)
 
 
-@cache
+@cached_constant
 def gauss_legendre_points(res_beta: int, res_alpha: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Points ``[G, 3]`` and weights ``[G]`` (sum 4 pi) of the Gauss-Legendre product grid:
     ``res_beta // 2`` polar nodes, ``res_alpha`` equally spaced azimuths, beta-major.
@@ -116,7 +100,7 @@ def gauss_legendre_points(res_beta: int, res_alpha: int) -> tuple[torch.Tensor, 
     return points, w.expand(n, res_alpha).reshape(-1)
 
 
-@cache
+@cached_constant
 def gauss_legendre_matrices(
     lmax: int, res_beta: int, res_alpha: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +143,7 @@ def quadrature_points(
     in the order of :func:`quadrature_matrices`'s rows."""
     if check_quadrature(quadrature) == "gauss_legendre":
         return gauss_legendre_points(res_beta, res_alpha)
-    with float64_default():
+    with constants():
         points = ToS2Grid(0, (res_beta, res_alpha), dtype=torch.float64).grid.reshape(-1, 3)
     # l = 0 column of from_grid: w_g Y_0 with Y_0 = 1 / sqrt(4 pi)
     weights = s2_grid_matrices(0, res_beta, res_alpha)[1][:, 0] * math.sqrt(4 * math.pi)

@@ -32,10 +32,11 @@ harmonics and an all-column contraction.
 from __future__ import annotations
 
 import math
-from functools import cache
 
 import torch
 from e3nn import o3
+
+from escn_plugin.common.default_dtype import cached_constant
 
 __all__ = ["MAX_LMAX", "WignerD", "WignerRows", "wigner_d", "fibonacci_sphere"]
 
@@ -58,7 +59,7 @@ def _sampling_points(lmax: int) -> torch.Tensor:
     return fibonacci_sphere(4 * lmax + 4)
 
 
-@cache
+@cached_constant
 def _right_inverses(lmax: int, num_points: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Points P [N, 3] and the stacked right inverses B [N, K] (block l holds A_l^+);
     N = 4 lmax + 4 unless ``num_points`` is given."""
@@ -204,7 +205,7 @@ class WignerRows(torch.nn.Module):
         return rows.index_select(1, self.gather).view(*batch, self.gather.shape[0])
 
 
-@cache
+@cached_constant
 def _wigner_module(lmax: int) -> WignerD:
     return WignerD(lmax)
 
@@ -235,3 +236,11 @@ def random_layout_rotation(
     dtype and on the device of ``like``."""
     rot = o3.rand_matrix(dtype=torch.float64)  # [3, 3]
     return rot, layout_wigner(rot, lmax_list).to(device=like.device, dtype=like.dtype)
+
+
+def rotate_coefficients(
+    wigner: torch.Tensor, x: torch.Tensor, inverse: bool = False
+) -> torch.Tensor:
+    """``D x`` (``D^T x`` with ``inverse``) for ``wigner [K, K]`` (:func:`layout_wigner`)
+    and ``x [N, K, C]``: every node's sphere functions turned by one rotation."""
+    return torch.einsum("kj,nkc->njc" if inverse else "jk,nkc->njc", wigner, x)

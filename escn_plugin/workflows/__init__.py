@@ -13,5 +13,5 @@ per module, each usable on its own:
 - :mod:`~escn_plugin.workflows.equivariance`: the trained model's rotation error;
 - :mod:`~escn_plugin.workflows.plots`, :mod:`~escn_plugin.workflows.report`: figures,
   ``report.md``, ``results.json``;
-- :mod:`~escn_plugin.workflows.progress`: log and progress lines.
+- :mod:`~escn_plugin.common.progress`: log and progress lines.
 """

@@ -15,7 +15,7 @@ from escn_plugin.workflows.data import load_metadata
 #: Ni), so ``max_neighbors: 50`` never cuts ties between equidistant lattice atoms, which
 #: rotated copies of a structure would break differently (a 45% force rotation error with
 #: ``max_neighbors: 20`` at 6 A). The cutoff lies >= 0.16 A from every fcc neighbour shell
-#: of the seven metals. Grids (README, "Grids and equivariance of trained models"): node
+#: of the seven metals. Grids (docs/notes.md §3): node
 #: grid [24, 25] and quadrature readout [16, 17] as Gauss-Legendre rules
 #: (``grid_quadrature``: the same exactness as e3nn's grids with half the points; a step
 #: costs 0.24 s instead of 0.34 s), both turned at random in training

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
+from escn_plugin.common.progress import log as _log
 from escn_plugin.workflows.configs import RELAX_FMAX, RELAX_STEPS, relax_config
 from escn_plugin.workflows.data import records as read_records
-from escn_plugin.workflows.progress import log as _log
 
 
 def fairchem_command() -> list[str]:
@@ -37,9 +37,11 @@ def run_fairchem(
     print_every: int = 10,
     timeout: float = 3600,
     show: Callable[[str], str | None] | None = None,
+    cpu: bool = True,
 ) -> str:
     """Write ``config`` to ``RUN_DIR/<identifier>.yml`` and run the stock
-    ``fairchem --mode MODE --cpu`` on it; stream its output (prefixed) while capturing it.
+    ``fairchem --mode MODE [--cpu]`` on it (``cpu=False``: fairchem's GPU default);
+    stream its output (prefixed) while capturing it.
     ``config["seed"]`` (0 if absent) goes on the command line as ``--seed``: fairchem 1.10
     replaces the config's seed with the command line's (default 0).
     ``show(line)``, if given, decides what a streamed line prints as (None: nothing).
@@ -51,7 +53,7 @@ def run_fairchem(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [
         *fairchem_command(),
-        "--mode", mode, "--config-yml", str(path), "--cpu",
+        "--mode", mode, "--config-yml", str(path), *(["--cpu"] if cpu else []),
         "--run-dir", str(run_dir), "--identifier", identifier,
         "--print-every", str(print_every), "--seed", str(config.get("seed", 0)), *extra,
     ]  # fmt: skip

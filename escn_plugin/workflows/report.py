@@ -165,7 +165,8 @@ def count_parameters(checkpoint: str | os.PathLike) -> int:
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    return int(sum(v.numel() for v in state.values() if v.dtype.is_floating_point))
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]  # not _extra_state
+    return int(sum(v.numel() for v in tensors if v.dtype.is_floating_point))
 
 
 def jsonable(value: Any) -> Any:

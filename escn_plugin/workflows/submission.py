@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from escn_plugin.workflows.progress import log as _log
+from escn_plugin.common.progress import log as _log
 
 #: OC20 S2EF test splits; make_submission_file wants one predictions file for each
 OC20_SPLITS = ("id", "ood_ads", "ood_cat", "ood_both")
