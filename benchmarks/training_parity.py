@@ -35,19 +35,17 @@ import math
 import os
 import re
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, machine_lines, markdown_table, write_outputs  # noqa: E402
 
-from escn_plugin.workflows.fairchem_runner import fairchem_command  # noqa: E402
+from escn_plugin.workflows.fairchem_runner import run_fairchem  # noqa: E402
 
 ARMS = ("reference", "converted", "own")
 ARM_LABELS = {
@@ -193,25 +191,16 @@ def parse_curves(log: str, eval_every: int) -> dict:
 
 def train_one(config: dict, checkpoint: Path, run_dir: Path, seed: int, args) -> dict:
     """``fairchem --mode train`` from ``checkpoint``; returns curves, wall and CPU seconds."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [
-        *fairchem_command(),
-        "--mode", "train", "--config-yml", str(config_path), "--cpu",
-        "--run-dir", str(run_dir), "--identifier", "run", "--seed", str(seed),
-        "--print-every", str(args.print_every), "--checkpoint", str(checkpoint),
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one thread per run
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    log = run_fairchem(
+        dict(config, seed=seed), run_dir, "train", "--checkpoint", str(checkpoint),
+        identifier="run", stream=False, print_every=args.print_every, timeout=24 * 3600,
+    )  # fmt: skip
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    log = proc.stdout + proc.stderr
     (run_dir / "fairchem.log").write_text(log)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-4000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     curves = parse_curves(log, args.eval_every)
     if not curves["val"]:

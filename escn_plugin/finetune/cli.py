@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prepare-only",
         action="store_true",
-        help="write the data, the step-0 "
-        "checkpoint and config.yml, print the fairchem command, and stop",
+        help="write the data, the step-0 checkpoint and config.yml, print the fairchem "
+        "command, and stop",
     )
     return p
 
@@ -184,6 +184,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from escn_plugin.finetune.normalization import fit_normalization
 
     out = args.out.resolve()
+    start = start_io.load_start(args.checkpoint)  # first: a wrong file fails at once
     splits = _splits(args)
     stress = _stress(args, splits)
     summary = data_io.data_summary(splits)
@@ -192,7 +193,6 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     normalization = fit_normalization(
         folders["train"], out / "start", stress, args.conservative, args.seed
     )
-    start = start_io.load_start(args.checkpoint)
     use_pbc = summary["any_periodic"]
     model = start_io.hydra_model(
         start, args.conservative, stress, use_pbc, freeze_backbone=args.freeze_backbone

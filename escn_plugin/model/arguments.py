@@ -77,6 +77,7 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("enforce_max_neighbors_strictly", True, "fairchem's: `False` keeps every neighbour tied at the cap"),
     Argument("neighbor_search", "vesin", "on-the-fly neighbour list: `vesin` cell lists (linear cost); `fairchem`: its `radius_graph_pbc` (quadratic, for comparison)"),
     Argument("eqv2_heads", None, "settings of fairchem's EquiformerV2 heads on this backbone, e.g. `{num_heads: 4}`"),
+    Argument("inference_block_edges", None, "without gradients and with direct forces (validate, predict, relaxations): layers and heads run in blocks of target atoms holding at most this many edges, so memory per atom stays flat; `None`: sized from a memory budget; `0`: off"),
 )  # fmt: skip
 #: the plain model's argument beside the backbone's
 MODEL_ARGUMENTS: tuple[Argument, ...] = (
@@ -147,6 +148,12 @@ def _check_types(config: dict[str, Any]) -> None:
         value = config.get(key)
         if key in config and not (is_int(value) and value >= 1):
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    block = config.get("inference_block_edges")
+    if block is not None and not (is_int(block) and block >= 0):
+        raise ValueError(
+            f"inference_block_edges must be None (automatic), 0 (off) or a positive number "
+            f"of edges, got {block!r}"
+        )
     for key in POSITIVE_FLOAT_KEYS:
         value = config.get(key)
         if key in config and not (
@@ -240,6 +247,7 @@ OUTPUT_NEUTRAL = frozenset(
         "activation_checkpoint",
         "compile_layers",
         "eqv2_heads",
+        "inference_block_edges",
         "neighbor_search",
         "random_grid_rotation",
         "random_roll",

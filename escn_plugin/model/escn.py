@@ -44,7 +44,11 @@ reference config works by changing only ``name``. Additions, all optional:
   backward instead of keeping them (memory for time; small models train ~30% faster with
   False);
 * ``validate_inputs`` (True): clear errors for bad atomic numbers, positions, overlaps;
-* ``compile_layers`` (False): ``torch.compile`` the interaction layers (dynamic shapes).
+* ``compile_layers`` (False): ``torch.compile`` the interaction layers (dynamic shapes);
+* ``inference_block_edges`` (None): without gradients, in evaluation, with direct forces
+  (fairchem's validate, predict, relaxations), the layers and heads run in blocks of
+  target atoms (:mod:`escn_plugin.nn.blocked`), so memory per atom stays flat; None sizes
+  the blocks from a memory budget, a number caps a block's edges, 0 turns blocking off.
 
 Energy-conserving mode (see :mod:`escn_plugin.model.energy_gradients`):
 
@@ -65,10 +69,11 @@ they read of the backbone, e.g. ``{num_heads: 4, ffn_hidden_channels: 64}``; see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
-from fairchem.core.models.base import BackboneInterface, HeadInterface
+from fairchem.core.models.base import BackboneInterface, GraphData, HeadInterface
 from fairchem.core.models.gemnet.layers.radial_basis import PolynomialEnvelope
 from fairchem.core.models.scn.sampling import CalcSpherePoints
 from fairchem.core.models.scn.smearing import (
@@ -94,6 +99,14 @@ from escn_plugin.model.arguments import (
 from escn_plugin.model.energy_gradients import energy_gradients, strain_inputs
 from escn_plugin.model.inputs import RadiusGraphMixin
 from escn_plugin.nn import EnergyReadout, ForceReadout, InteractionLayer, MessageBlock, NodeUpdate
+from escn_plugin.nn.blocked import (
+    BlockPlan,
+    InferenceMemory,
+    block_edges,
+    plan_blocks,
+    run_blocked_layers,
+    target_major_order,
+)
 from escn_plugin.so3.layout import CoefficientLayout
 from escn_plugin.so3.projections import (
     EdgeGridActivation,
@@ -182,6 +195,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         enforce_max_neighbors_strictly: bool = True,
         neighbor_search: str = "vesin",
         eqv2_heads: dict | None = None,
+        inference_block_edges: int | None = None,
     ) -> None:
         super().__init__()
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -219,18 +233,25 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         self.act = nn.SiLU()  # read by fairchem's escn_energy_head / escn_force_head
 
         self.layout = CoefficientLayout(lmax_list, mmax_list)
-        self.rotation = ROTATION_BACKENDS.build(rotation_backend, self.layout)
+        # constants (no parameters) on the CPU, whatever the ambient device: a build under
+        # torch.device("meta") makes meta parameters only (fairchem's smearing calls .item())
+        with torch.device("cpu"):
+            self.rotation = ROTATION_BACKENDS.build(rotation_backend, self.layout)
+            self.distance_expansion = DISTANCE_FUNCTIONS[distance_function](
+                0.0, cutoff, int(cutoff / distance_resolution), basis_width_scalar
+            )
+            self.envelope = (
+                None if envelope_exponent is None else PolynomialEnvelope(envelope_exponent)
+            )
+            edge_grid_act = EdgeGridActivation(self.layout, nn.SiLU(), resolution)
+            node_grid = node_grid_sampler(
+                self.layout,
+                resolution if node_resolution is None else node_resolution,
+                grid_quadrature,
+            )
+            points, weights = readout_points(num_sphere_samples, readout_grid, grid_quadrature)
+            sphere_sampler = sphere_points_sampler(self.layout, points)
         self.atom_embedding = nn.Embedding(max_num_elements, self.sphere_channels_all)
-        self.distance_expansion = DISTANCE_FUNCTIONS[distance_function](
-            0.0, cutoff, int(cutoff / distance_resolution), basis_width_scalar
-        )
-        self.envelope = None if envelope_exponent is None else PolynomialEnvelope(envelope_exponent)
-        edge_grid_act = EdgeGridActivation(self.layout, nn.SiLU(), resolution)
-        node_grid = node_grid_sampler(
-            self.layout,
-            resolution if node_resolution is None else node_resolution,
-            grid_quadrature,
-        )
         self.layers = nn.ModuleList(
             InteractionLayer(
                 MessageBlock(
@@ -253,11 +274,10 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             )
             for i in range(num_layers)
         )
-        points, weights = readout_points(num_sphere_samples, readout_grid, grid_quadrature)
         self.num_sphere_samples = points.shape[0]
         self.register_buffer("sphere_points", points, persistent=False)  # [P, 3]
         self.register_buffer("sphere_weights", weights, persistent=False)  # [P]
-        self.sphere_sampler = sphere_points_sampler(self.layout, points)
+        self.sphere_sampler = sphere_sampler
         self._compiled_layers = (
             torch.compile(self.run_layers, dynamic=True) if compile_layers else None
         )
@@ -265,6 +285,23 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         l0 = [self.layout.res_slice(i).start for i in range(self.num_resolutions)]
         self.register_buffer("l0_index", torch.tensor(l0), persistent=False)
         self.eqv2_heads = eqv2_heads  # settings only; their modules are built on first use
+        self.inference_block_edges = inference_block_edges
+        # sizes the blocks of blocked inference; the euler backend builds dense [K, K] D
+        wigner = getattr(self.rotation, "wigner", None)  # WignerRows (polynomial backend)
+        num_full = self.layout.num_full
+        self.inference_memory = InferenceMemory.from_sizes(
+            self.layout,
+            sphere_channels,
+            hidden_channels,
+            edge_channels,
+            self.distance_expansion.num_output,
+            edge_grid_points=edge_grid_act.to_grid.shape[0],
+            node_grid_points=node_grid.to_matrix.shape[0],
+            readout_points=points.shape[0],
+            wigner_rows=num_full if wigner is None else len(wigner.rows),
+            wigner_points=num_full if wigner is None else wigner.points.shape[0],
+            mean_degree=max_neighbors,
+        )
 
     @property
     def num_layers(self) -> int:
@@ -370,25 +407,79 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
         emb["energy_gradient_inputs"] = inputs
         return emb
 
+    def edge_tensors(
+        self,
+        vec: torch.Tensor,
+        distance: torch.Tensor,
+        roll: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What the layers read per edge, for ``vec [E, 3]``, ``distance [E]``: rotation
+        rows ``[E, nnz]``, distance basis ``[E, num_basis]`` and the cutoff envelope
+        ``[E]`` (None without ``envelope_exponent``), in ``dtype``."""
+        wigner = self.rotation(vec, roll).to(dtype)  # [E, nnz]
+        basis = self.distance_expansion(distance).to(dtype)  # [E, num_basis]
+        if self.envelope is None:
+            return wigner, basis, None
+        return wigner, basis, self.envelope(distance / self.cutoff).to(dtype)
+
+    def inference_plan(
+        self, graph: GraphData, x: torch.Tensor
+    ) -> tuple[GraphData, BlockPlan | None]:
+        """The blocks of blocked inference (:mod:`escn_plugin.nn.blocked`), or None for one
+        pass over the whole graph: with gradients (training, gradient forces), in training
+        mode, with ``inference_block_edges: 0``, or where one block holds every edge.
+        Blocks need target-major edges: the graph is returned sorted by target (stable)
+        where it is blocked and was not (a precomputed graph may not be)."""
+        if torch.is_grad_enabled() or self.training or self.inference_block_edges == 0:
+            return graph, None
+        num_nodes, num_edges = x.shape[0], graph.edge_index.shape[1]
+        max_edges = self.inference_block_edges
+        if max_edges is None:
+            args = (num_nodes, num_edges, x.element_size(), x.device)
+            max_edges = block_edges(self.inference_memory, *args)
+        if max_edges >= num_edges:
+            return graph, None
+        order = target_major_order(graph.edge_index)  # None: already target-major
+        if order is not None:
+            fields = ("edge_distance", "edge_distance_vec", "cell_offsets", "offset_distances")
+            edge_fields = {
+                k: getattr(graph, k)[order]
+                for k in fields
+                if isinstance(getattr(graph, k, None), torch.Tensor)
+            }
+            graph = dataclasses.replace(graph, edge_index=graph.edge_index[:, order], **edge_fields)
+        plan = plan_blocks(graph.edge_index, num_nodes, max_edges)
+        return graph, (plan if len(plan.blocks) > 1 else None)
+
     def embed(self, data, exact_edge_vectors: bool = False) -> dict:
         """Atoms -> embeddings. ``exact_edge_vectors``: periodic edge vectors in the
-        positions' dtype (fairchem rounds the periodic shifts to float32)."""
+        positions' dtype (fairchem rounds the periodic shifts to float32). Without
+        gradients in evaluation the layers run in blocks of target atoms
+        (:meth:`inference_plan`)."""
         atomic_numbers = data.atomic_numbers.long()
         graph = self.prepare_graph(data, exact_edge_vectors)  # checked, wrapped, exact
-        vec = graph.edge_distance_vec
-        roll = self.edge_rolls(vec.shape[0], vec)  # [E] or None
-        wigner = self.rotation(vec, roll)  # [E, nnz]
-        basis = self.distance_expansion(graph.edge_distance)  # [E, num_basis]
         x = self.embed_atoms(atomic_numbers)  # [N, K, C]
-        wigner = message_edges(wigner.to(x.dtype), graph.edge_index, x.shape[0])
-        basis = basis.to(x.dtype)
-
-        edge_weight = None  # [E] cutoff envelope
-        if self.envelope is not None:
-            edge_weight = self.envelope(graph.edge_distance / self.cutoff).to(x.dtype)
-
-        run_layers = self._compiled_layers or self.run_layers
-        x = run_layers(x, basis, atomic_numbers, graph.edge_index, wigner, edge_weight)
+        graph, plan = self.inference_plan(graph, x)  # plan None: the whole graph at once
+        vec, distance = graph.edge_distance_vec, graph.edge_distance  # [E, 3], [E]
+        roll = self.edge_rolls(vec.shape[0], vec)  # [E] or None
+        basis = None  # [E, num_basis]: the whole graph's, unless blocked
+        if plan is None:
+            wigner, basis, edge_weight = self.edge_tensors(vec, distance, roll, x.dtype)
+            edges = message_edges(wigner, graph.edge_index, x.shape[0])
+            run_layers = self._compiled_layers or self.run_layers
+            x = run_layers(x, basis, atomic_numbers, graph.edge_index, edges, edge_weight)
+        else:  # each block's edge tensors are made when it runs (no roll in evaluation)
+            x = run_blocked_layers(
+                self.layers[: self.num_layers],
+                x,
+                atomic_numbers,
+                graph.edge_index,
+                plan,
+                lambda e: self.edge_tensors(vec[e], distance[e], None, x.dtype),
+            )
+            if getattr(self, "eqv2_modules", {}).get("SO3_rotation") is not None:
+                basis = self.distance_expansion(distance).to(x.dtype)  # eqV2 heads read it
         sampled, points = x, self.sphere_points  # [N, K, C], [P, 3]
         if self.random_grid_rotation and self.training:
             # readout points q_p = Q^T p: values there are those of D(Q) x at p
@@ -402,6 +493,7 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             sphere_weights=self.sphere_weights,
             node_embedding=as_so3_embedding(x, self.lmax_list),
             graph=self.eqv2_graph(graph, basis, roll),  # as is without eqV2 heads
+            node_block=None if plan is None else plan.node_block,  # atoms per head block
         )
 
 
@@ -441,7 +533,10 @@ class eSCNEnergyHead(nn.Module, HeadInterface):
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
         per_atom = self.readout(
-            emb["sphere_coefficients"], emb["sphere_sampler"], emb["sphere_weights"]
+            emb["sphere_coefficients"],
+            emb["sphere_sampler"],
+            emb["sphere_weights"],
+            emb.get("node_block"),
         )  # [N]
         energy = _sum_per_system(per_atom, data.batch, len(data.natoms))
         if self.reduce == "sum":
@@ -458,7 +553,8 @@ class eSCNForceHead(nn.Module, HeadInterface):
 
     def forward(self, data, emb: dict) -> dict[str, torch.Tensor]:
         x, sampler = emb["sphere_coefficients"], emb["sphere_sampler"]
-        return {"forces": self.readout(x, sampler, emb["sphere_points"], emb["sphere_weights"])}
+        points, weights, block = emb["sphere_points"], emb["sphere_weights"], emb.get("node_block")
+        return {"forces": self.readout(x, sampler, points, weights, block)}  # [N, 3]
 
 
 class eSCNEnergyGradientHead(nn.Module, HeadInterface):

@@ -209,7 +209,7 @@ def check_overlaps(data, use_pbc: bool) -> None:
     wrapped = wrap_positions(pos.double(), cell.double(), batch, periodic)
     pairs, _, distance = close_pairs(wrapped, cell.double(), natoms, periodic, MIN_DISTANCE)
     if pairs.shape[1] > 0:
-        j, i = (int(v) for v in pairs[:, 0])
+        j, i = sorted(int(v) for v in pairs[:, 0])
         raise ValueError(
             f"atoms {j} and {i} (system {_system_of(data, i)}) are {float(distance[0]):.2e} A "
             f"apart (< {MIN_DISTANCE} A, periodic images included): overlapping atoms; "

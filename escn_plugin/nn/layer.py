@@ -13,7 +13,12 @@ __all__ = ["InteractionLayer"]
 
 
 class InteractionLayer(nn.Module):
-    """``x [N, K, C] -> update [N, K, C]`` (the model adds the residual)."""
+    """``x [N', K, C] -> update [N, K, C]`` (the model adds the residual).
+
+    The targets of ``edges`` are the first N rows of x (N = ``edges.target.slots``' rows):
+    all of them for the whole graph (N' = N), or a block's targets followed by the other
+    sources of its edges in blocked inference (:mod:`escn_plugin.nn.blocked`).
+    """
 
     def __init__(self, message: MessageBlock, node_update: NodeUpdate) -> None:
         super().__init__()
@@ -30,4 +35,4 @@ class InteractionLayer(nn.Module):
         edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         message = self.message(x, basis, atomic_numbers, edge_index, edges, edge_weight)
-        return self.node_update(x, message)
+        return self.node_update(x[: message.shape[0]], message)  # [N, K, C]

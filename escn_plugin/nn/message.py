@@ -68,17 +68,29 @@ class MessageBlock(nn.Module):
         edges: MessageEdges,
         edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x [N, K, C]``, ``basis [E, B]``, ``edge_index [2, E]`` (source, target),
-        ``edges`` (rotation rows and node groups, :func:`~escn_plugin.common.edge_groups.
-        message_edges`), ``edge_weight [E]`` (optional factor on each edge's message)
-        -> aggregated messages ``[N, K, C]``."""
-        if edge_index.shape[1] == 0:  # no edges in the whole batch: no messages
-            return torch.zeros_like(x)
+        """``x [N', K, C]``, ``basis [E, B]``, ``edge_index [2, E]`` (source, target:
+        the atoms of ``atomic_numbers``), ``edges`` (rotation rows and the edges grouped by
+        node of x, :func:`~escn_plugin.common.edge_groups.message_edges`), ``edge_weight
+        [E]`` (optional factor on each edge's message) -> messages summed into the
+        targets, ``[N, K, C]``. The targets are the first N rows of x (N = the rows of
+        ``edges.target.slots``): all of x for a whole graph, a block's targets in blocked
+        inference (the other rows are the block's other sources)."""
+        num_targets = edges.target.slots.shape[0]
+        if edge_index.shape[1] == 0:  # no edges: no messages
+            return x.new_zeros(num_targets, *x.shape[1:])
         source, target = edge_index
         x_edge = self.edge_features(basis, atomic_numbers[source], atomic_numbers[target])
         wigner, scalar = edges.wigner, self.scalar_input
         y = source_target_messages(
-            self.so2_source, self.so2_target, x, wigner, edges.source, edges.target, x_edge, scalar
+            self.so2_source,
+            self.so2_target,
+            x,
+            wigner,
+            edges.source,
+            edges.target,
+            x_edge,
+            scalar,
+            x_target=x[:num_targets],
         )  # [E, K_M, C]: source block + target block
         # [E, K_M, C], rows grouped per degree; the [E, G, C] grid values are recomputed
         # in the backward (escn_plugin.so3.grid_silu), not kept

@@ -9,7 +9,9 @@ quadrature weights w_p (sum_p w_p = 1; w_p = 1/P for the reference's Fibonacci p
 
 The first linear map is applied to the coefficients before sampling
 (:meth:`~escn_plugin.so3.projections.SphereSampler.sample_linear`): the same result with
-K instead of P rows.
+K instead of P rows. The MLP is per atom: ``node_block`` (blocked inference, see
+:mod:`escn_plugin.nn.blocked`) runs it on that many atoms at a time, so its ``[n, P, C]``
+activations stay the size of one block.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from escn_plugin.nn.blocked import node_blocks
 from escn_plugin.so3.projections import SphereSampler
 
 __all__ = ["EnergyReadout", "ForceReadout"]
@@ -30,20 +33,33 @@ class _PointMLP(nn.Module):
         self.fc3 = nn.Linear(channels, 1, bias=False)
         self.act = nn.SiLU()
 
-    def point_scores(self, x: torch.Tensor, sampler: SphereSampler) -> torch.Tensor:
-        """``x [N, K, C]`` -> scores at the sampler's points ``[N, P]``."""
+    def point_scores(
+        self, x: torch.Tensor, sampler: SphereSampler, node_block: int | None = None
+    ) -> torch.Tensor:
+        """``x [N, K, C]`` -> scores at the sampler's points ``[N, P]``, ``node_block``
+        atoms at a time (all at once: None)."""
         x = x.to(self.fc1.weight.dtype)
-        hidden = sampler.sample_linear(x, self.fc1.weight, self.fc1.bias)  # [N, P, C]
-        return self.fc3(self.act(self.fc2(self.act(hidden)))).squeeze(-1)
+        blocks = node_blocks(x.shape[0], node_block)
+        if len(blocks) == 1:
+            return self._scores(x, sampler)
+        return torch.cat([self._scores(x[b], sampler) for b in blocks])
+
+    def _scores(self, x: torch.Tensor, sampler: SphereSampler) -> torch.Tensor:
+        hidden = sampler.sample_linear(x, self.fc1.weight, self.fc1.bias)  # [n, P, C]
+        return self.fc3(self.act(self.fc2(self.act(hidden)))).squeeze(-1)  # [n, P]
 
 
 class EnergyReadout(_PointMLP):
     """Per-atom energy ``[N]``: the sphere average of the point MLP."""
 
     def forward(
-        self, x: torch.Tensor, sampler: SphereSampler, weights: torch.Tensor
+        self,
+        x: torch.Tensor,
+        sampler: SphereSampler,
+        weights: torch.Tensor,
+        node_block: int | None = None,
     ) -> torch.Tensor:
-        scores = self.point_scores(x, sampler)  # [N, P]
+        scores = self.point_scores(x, sampler, node_block)  # [N, P]
         return scores @ weights.to(scores.dtype)
 
 
@@ -56,6 +72,7 @@ class ForceReadout(_PointMLP):
         sampler: SphereSampler,
         points: torch.Tensor,
         weights: torch.Tensor,
+        node_block: int | None = None,
     ) -> torch.Tensor:
-        scores = self.point_scores(x, sampler)  # [N, P]
+        scores = self.point_scores(x, sampler, node_block)  # [N, P]
         return (scores * weights.to(scores.dtype)) @ points.to(scores.dtype)

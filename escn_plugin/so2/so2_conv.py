@@ -49,8 +49,13 @@ def complex_combine(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
     """
     # [r+ - i-, r- + i+] as real + sign * flip(imag): no select/stack, whose backward
     # would allocate and zero-fill full-size gradients
-    sign = torch.tensor([-1.0, 1.0], dtype=real.dtype, device=real.device).view(1, 2, 1)
-    return real + imag.flip(1) * sign
+    return real + imag.flip(1) * _sign(real)
+
+
+def _sign(like: torch.Tensor) -> torch.Tensor:
+    """``[1, 2, 1]`` = (-1, +1), made on ``like``'s device: ``torch.tensor([-1.0, 1.0],
+    device=cuda)`` would copy from the host, a host-device synchronisation every call."""
+    return torch.arange(-1.0, 2.0, 2.0, dtype=like.dtype, device=like.device).view(1, 2, 1)
 
 
 def so2_linear(
@@ -312,30 +317,36 @@ def source_target_messages(
     target_groups: NodeGroups,
     x_edge: torch.Tensor,
     scalar_input: bool = False,
+    x_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``source(W_e x[s]) + target(W_e x[t])`` ``[E, K_M, C]``: the two SO(2) blocks of a
     message, each on its end of every edge.
+
+    ``x [N', K, C]`` holds the nodes ``source_groups`` index; ``x_target`` (default x)
+    the nodes ``target_groups`` index, e.g. only the first rows of x (a block's targets
+    in blocked inference), so that the target side's per-node work covers them alone.
 
     With two factored blocks the output maps of both blocks and of the real and imaginary
     parts run as one matmul per order:
     ``y_m = [h_r, flip(h_i) * (-1, +1), h_r', flip(h_i') * (-1, +1)] [W_r W_i W_r' W_i']^T``
     (the complex combination of :func:`complex_combine` moved onto the hidden side).
     """
+    x_target = x if x_target is None else x_target
     if not (
         isinstance(source, FactoredSO2Convolution) and isinstance(target, FactoredSO2Convolution)
     ):
         y = source.from_nodes(x, wigner, source_groups, x_edge, scalar_input)
-        return y + target.from_nodes(x, wigner, target_groups, x_edge, scalar_input)
+        return y + target.from_nodes(x_target, wigner, target_groups, x_edge, scalar_input)
     blocks = (source, target)
     hiddens = [
-        b._hidden_from_nodes(x, wigner, g, scalar_input)
-        for b, g in zip(blocks, (source_groups, target_groups))
+        b._hidden_from_nodes(xs, wigner, g, scalar_input)
+        for b, xs, g in zip(blocks, (x, x_target), (source_groups, target_groups))
     ]
     num_edges, channels = x_edge.shape[0], source.sphere_channels
     gated = [h[0][:, 0] * b.act(b.edge_m0(x_edge)) for b, h in zip(blocks, hiddens)]
     weight = torch.cat([b.m0_out.weight for b in blocks], dim=1)  # [n_0 C, 2H]
     out = [torch.matmul(torch.cat(gated, dim=-1), weight.T).view(num_edges, -1, channels)]
-    sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 2, 1)
+    sign = _sign(x)  # [1, 2, 1]: (-1, +1)
     for m in range(1, len(hiddens[0])):
         parts, weights = [], []
         for b, h in zip(blocks, hiddens):

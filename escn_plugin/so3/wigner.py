@@ -36,7 +36,7 @@ import math
 import torch
 from e3nn import o3
 
-from escn_plugin.common.default_dtype import cached_constant
+from escn_plugin.common.default_dtype import cached_constant, constants
 
 __all__ = ["MAX_LMAX", "WignerD", "WignerRows", "wigner_d", "fibonacci_sphere"]
 
@@ -174,21 +174,22 @@ class WignerRows(torch.nn.Module):
         gather = [row_of[(l, m)] * width + k + l for l, m, k in entries]
         # 2 lmax + 4 points (>= 2l + 1 for every l) at half the cost of 4 lmax + 4; float32
         # rows stay within ~3e-6 (L = 8) / ~1e-5 (L = 11) of float64 (checked in the tests)
-        points, right_inverse = _right_inverses(lmax, 2 * lmax + 4)
-        check = fibonacci_sphere(97)
-        ours = _legendre_trig_products(check[:, 0], check[:, 1], check[:, 2], self.rows)
-        e3nn_sh = o3.spherical_harmonics(list(range(lmax + 1)), check, normalize=False)
-        scale = []
-        for (l, m), f in zip(self.rows, ours):
-            target = e3nn_sh[:, l * l + l + m]
-            s = (f * target).sum() / (f * f).sum()
-            if (s * f - target).abs().max() > 1e-9 * target.abs().max():
-                raise RuntimeError(f"harmonic (l={l}, m={m}) is not proportional to e3nn's")
-            scale.append(s)
-        # B_l per row, zero-padded to 2 lmax + 1 columns: [J, N, 2 lmax + 1]
-        blocks = torch.zeros(len(self.rows), points.shape[0], width, dtype=torch.float64)
-        for j, (l, _) in enumerate(self.rows):  # each row's normalisation folded into B_l
-            blocks[j, :, : 2 * l + 1] = scale[j] * right_inverse[:, l * l : (l + 1) ** 2]
+        with constants():  # CPU, float64: whatever the caller's device (meta) and dtype
+            points, right_inverse = _right_inverses(lmax, 2 * lmax + 4)
+            check = fibonacci_sphere(97)
+            ours = _legendre_trig_products(check[:, 0], check[:, 1], check[:, 2], self.rows)
+            e3nn_sh = o3.spherical_harmonics(list(range(lmax + 1)), check, normalize=False)
+            scale = []
+            for (l, m), f in zip(self.rows, ours):
+                target = e3nn_sh[:, l * l + l + m]
+                s = (f * target).sum() / (f * f).sum()
+                if (s * f - target).abs().max() > 1e-9 * target.abs().max():
+                    raise RuntimeError(f"harmonic (l={l}, m={m}) is not proportional to e3nn's")
+                scale.append(s)
+            # B_l per row, zero-padded to 2 lmax + 1 columns: [J, N, 2 lmax + 1]
+            blocks = torch.zeros(len(self.rows), points.shape[0], width, dtype=torch.float64)
+            for j, (l, _) in enumerate(self.rows):  # each row's normalisation folded into B_l
+                blocks[j, :, : 2 * l + 1] = scale[j] * right_inverse[:, l * l : (l + 1) ** 2]
         self.register_buffer("points", points, persistent=False)  # [N, 3]
         self.register_buffer("blocks", blocks, persistent=False)  # [J, N, 2L+1]
         self.register_buffer("gather", torch.tensor(gather), persistent=False)  # [entries]

@@ -151,3 +151,15 @@ def test_foreign_checkpoints_fail_naming_the_file(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"other\.pt: not a fairchem checkpoint"):
         start.load_start(tmp_path / "other.pt")
+
+
+def test_freeze_backbone_and_the_from_scratch_config(tmp_path, plugin_checkpoint, extxyz):
+    _, out = prepare(tmp_path, plugin_checkpoint, extxyz, "--freeze-backbone", "--from-scratch")
+    config = yaml.safe_load((out / "config.yml").read_text())
+    model = start.build_model(config["model"])
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.output_heads.parameters())
+    scratch = yaml.safe_load((out / "from_scratch" / "config.yml").read_text())
+    assert "initial_weights" not in scratch["task"] and not scratch["model"]["freeze_backbone"]
+    assert scratch["optim"] == config["optim"]  # the same budget and schedule
+    assert scratch["dataset"] == config["dataset"]

@@ -31,6 +31,7 @@ def test_readme_table_is_generated_from_the_table():
     text = README.read_text()
     block = re.search(r"<!-- arguments:begin -->\n(.*?)\n<!-- arguments:end -->", text, re.S)
     assert block is not None, "README.md lacks the arguments block"
+    # regenerate with: python scripts/update_readme_arguments.py
     expected = arguments.markdown_table(arguments.ARGUMENTS + arguments.MODEL_ARGUMENTS)
     assert block.group(1).strip() == expected
 
