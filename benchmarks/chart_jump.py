@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 F64 = torch.float64
+DEVICE = {"name": "cpu"}  # set by --device
 
 L6_M2 = dict(
     num_layers=2,
@@ -88,7 +89,7 @@ def rotated(atoms, rot: np.ndarray):
 def batch_of(atoms, cutoff: float, dtype=F64):
     from structures import make_batch
 
-    return make_batch([atoms], dtype=dtype, radius=cutoff, max_neigh=300)
+    return make_batch([atoms], dtype=dtype, radius=cutoff, max_neigh=300).to(DEVICE["name"])
 
 
 def chart_of(vec: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ def jumps(model, atoms, num_edges: int, delta: float = 1e-9, seed: int = 0) -> l
     target /= np.linalg.norm(target)
     out = []
     for e in picks:
-        v = vecs[e].numpy()
+        v = vecs[e].cpu().numpy()
         r0 = rotation_taking(v / np.linalg.norm(v), target)
         energies, charts = [], []
         for sign in (-1.0, 1.0):
@@ -139,7 +140,7 @@ def rotation_error_float32(model, atoms, seeds=(1, 2, 3)) -> float:
         rot = Rotation.random(random_state=seed).as_matrix()
         a = model(batch_of(atoms, model.cutoff, torch.float32))
         b = model(batch_of(rotated(atoms, rot), model.cutoff, torch.float32))
-        r = torch.as_tensor(rot, dtype=torch.float32)
+        r = torch.as_tensor(rot, dtype=torch.float32, device=DEVICE["name"])
         f = a["forces"].detach()
         errs.append(((f @ r.T - b["forces"].detach()).abs().max() / f.abs().max()).item())
     model.double()
@@ -152,7 +153,7 @@ def spread_weights_(model: torch.nn.Module, seed: int = 1) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
             if "embedding" in name:
                 p.copy_(noise)
             elif p.dim() == 2:
@@ -165,7 +166,7 @@ def build(config: dict, seed: int = 0):
     import escn_plugin
 
     torch.manual_seed(seed)
-    return escn_plugin.eSCN(**config).to(F64).eval()
+    return escn_plugin.eSCN(**config).to(F64).to(DEVICE["name"]).eval()
 
 
 def scales(model, atoms) -> dict:
@@ -178,6 +179,7 @@ def scales(model, atoms) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--edges", type=int, default=8)
     parser.add_argument(
@@ -197,6 +199,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    DEVICE["name"] = args.device
 
     config, state = dict(L6_M2), None
     if args.checkpoint:
@@ -216,7 +221,7 @@ def main(argv=None) -> dict:
         cfg = {**config, "resolution": res, "readout_grid": readout}
         model = build(cfg)
         if state is not None:
-            model.load_state_dict(state)
+            model.load_state_dict(state)  # copies onto the model's device
         else:
             spread_weights_(model)
         scale = scales(model, atoms)

@@ -169,13 +169,13 @@ def train_config(root: Path, stats: dict, direct: bool, steps: int, batch: int) 
     }
 
 
-def train(config: dict, workdir: Path) -> tuple[Path, float]:
+def train(config: dict, workdir: Path, cpu: bool = True) -> tuple[Path, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     ckpts = list(workdir.glob("checkpoints/*/checkpoint.pt"))
     if ckpts:
         return ckpts[0], float("nan")
     start = time.time()
-    log = run_fairchem(config, workdir, "train", stream=False)  # passes config["seed"]
+    log = run_fairchem(config, workdir, "train", stream=False, cpu=cpu)  # passes config["seed"]
     (workdir / "train.log").write_text(log)
     return next(workdir.glob("checkpoints/*/checkpoint.pt")), time.time() - start
 
@@ -200,6 +200,7 @@ def nve(calc, steps: int, seed: int = 7) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default="/tmp/escn_conservative_md")
     parser.add_argument("--n-train", type=int, default=120)
@@ -236,8 +237,9 @@ def main(argv=None) -> dict:
         if name not in args.models.split(","):
             continue
         config = train_config(work / "data", stats, direct, args.steps, args.batch)
-        ckpt, train_s = train(config, work / name)
-        calc = OCPCalculator(checkpoint_path=str(ckpt), cpu=True, seed=0)
+        cpu = args.device == "cpu"
+        ckpt, train_s = train(config, work / name, cpu)
+        calc = OCPCalculator(checkpoint_path=str(ckpt), cpu=cpu, seed=0)
         row = dict(train_wall_s=train_s, val_force_mae=force_mae(calc, val_frames))
         row.update(nve(calc, args.md_steps))
         results["models"][name] = row

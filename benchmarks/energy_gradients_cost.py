@@ -12,7 +12,8 @@ For each: a training step (forward, energy + force loss, backward; the gradient 
 differentiate through the force computation, ``create_graph``) and inference
 (``torch.no_grad`` as fairchem's predict: the gradient modes still run one backward pass).
 Time: median process CPU time of interleaved repeats (1 thread). Memory: peak bytes held
-by tensors during one call above those held before (torch.profiler memory events).
+by tensors during one call above those held before (torch.profiler memory events). With
+``--device cuda``: synchronised wall time and ``torch.cuda.max_memory_allocated``.
 
     python benchmarks/energy_gradients_cost.py --threads 1 \
         --out benchmarks/results/cpu_energy_gradients_cost
@@ -110,8 +111,27 @@ def peak_tensor_mib(fn) -> float:
     return peak / 2**20
 
 
+def cuda_peak_mib(fn) -> float:
+    """Peak CUDA memory of one call above what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def clock(device: str) -> float:
+    """Process CPU time on the CPU; synchronised wall time on a GPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", default="L6-M2", choices=sorted(SIZES))
     parser.add_argument("--layers", type=int, default=2)
@@ -119,8 +139,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    batch = slab_batch()
-    models = {mode: build(args.size, args.layers, mode) for mode in MODES}
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    batch = slab_batch().to(args.device)
+    models = {mode: build(args.size, args.layers, mode).to(args.device) for mode in MODES}
     with torch.no_grad():
         edges = models["direct"].generate_graph(batch).edge_index.shape[1]
     fns = {}
@@ -132,12 +154,13 @@ def main(argv=None) -> dict:
     samples = {name: [] for name in fns}
     for rep in range(args.repeats):
         for name in fns if rep % 2 == 0 else list(fns)[::-1]:
-            start = time.process_time()
+            start = clock(args.device)
             fns[name]()
-            samples[name].append(time.process_time() - start)
+            samples[name].append(clock(args.device) - start)
+    peak = cuda_peak_mib if args.device.startswith("cuda") else peak_tensor_mib
     rows = {}
     for name, fn in fns.items():
-        rows[name] = dict(cpu_s=statistics.median(samples[name]), peak_mib=peak_tensor_mib(fn))
+        rows[name] = dict(cpu_s=statistics.median(samples[name]), peak_mib=peak(fn))
         print(name, json.dumps(rows[name]), flush=True)
     results = dict(
         size=args.size,
@@ -145,6 +168,7 @@ def main(argv=None) -> dict:
         atoms=int(batch.natoms.sum()),
         edges=int(edges),
         threads=args.threads,
+        device=args.device,
         torch=torch.__version__,
         rows=rows,
     )
@@ -160,7 +184,12 @@ def report(results: dict) -> str:
     rows = results["rows"]
     lines = [
         f"{results['size']}, {results['layers']} layers, {results['atoms']} atoms, "
-        f"{results['edges']} edges, {results['threads']} thread(s), CPU time (median)",
+        f"{results['edges']} edges, {results['threads']} thread(s), "
+        + (
+            "CPU time (median)"
+            if results.get("device", "cpu") == "cpu"
+            else f"wall time on {results['device']} (median; the 's' columns)"
+        ),
         "",
         "| mode | train step (s) | vs direct | train peak (MiB) | vs direct "
         "| inference (s) | vs direct | inference peak (MiB) | vs direct |",

@@ -12,7 +12,8 @@ trainer's ``num_workers: 0``) twice, CPU time; and one epoch of the stock
 ``fairchem --mode train`` with a tiny model (wall time of the epoch, from its log lines),
 so the data cost is seen next to the model's.
 
-    python benchmarks/finetune_data_formats.py --n 200 --out benchmarks/results/finetune_data_formats
+    python benchmarks/finetune_data_formats.py --n 200 \
+        --out benchmarks/results/finetune_data_formats
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def loader_epochs(config: dict, epochs: int = 2, batch_size: int = 8) -> list[fl
     return [setup, *times]
 
 
-def train_epoch_seconds(config: dict, work: Path, n: int) -> float:
+def train_epoch_seconds(config: dict, work: Path, n: int, cpu: bool = True) -> float:
     """Wall seconds of the second epoch of ``fairchem --mode train`` (tiny model), from the
     timestamps of its first and last step lines of that epoch."""
     from escn_plugin.workflows import fairchem_runner
@@ -162,7 +163,7 @@ def train_epoch_seconds(config: dict, work: Path, n: int) -> float:
         },
     }
     cfg["dataset"]["train"].pop("key_mapping")
-    log = fairchem_runner.run_fairchem(cfg, work, "train", stream=False, print_every=1)
+    log = fairchem_runner.run_fairchem(cfg, work, "train", stream=False, print_every=1, cpu=cpu)
     stamps = []
     for line in log.splitlines():
         step = re.search(r"step: ([0-9.eE+]+)", line)
@@ -181,6 +182,7 @@ def train_epoch_seconds(config: dict, work: Path, n: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training")
     parser.add_argument("--n", type=int, default=200, help="structures")
     parser.add_argument("--work", default="/tmp/escn_finetune_formats")
     parser.add_argument("--no-train", action="store_true", help="data loading only")
@@ -199,7 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
         setup, *epochs = loader_epochs(config)
         row = {"setup_cpu_s": setup, "loader_epoch_cpu_s": epochs}
         if not args.no_train:
-            row["train_epoch_wall_s"] = train_epoch_seconds(config, work / f"train_{name}", args.n)
+            cpu = args.device == "cpu"
+            run = work / f"train_{name}"
+            row["train_epoch_wall_s"] = train_epoch_seconds(config, run, args.n, cpu)
         rows[name] = row
         print(name, json.dumps(row), flush=True)
     results["formats"] = rows

@@ -169,9 +169,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=200, help="fine-tuning structures")
     parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--pretrain-lr", type=float, default=1e-2)
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (direct)")
+    parser.add_argument(
+        "--conservative-epochs",
+        type=int,
+        default=4,
+        help="epochs of the conservative runs (a gradient step costs ~3x a direct one)",
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--scratch-lr", type=float, default=1e-2, help="lr of the extra from-scratch run"
+    )
     parser.add_argument("--md-steps", type=int, default=1000)
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -199,11 +208,12 @@ def main(argv: list[str] | None = None) -> dict:
             "runs": rep["runs"],
         }
         print(f"direct seed {seed}:", json.dumps(rep["ratios"]), flush=True)
+    cons_budget = ["--epochs", str(args.conservative_epochs), *budget[2:]]
     rep = finetune(
         work / "conservative_seed0",
         start,
         data,
-        *budget,
+        *cons_budget,
         "--seed",
         "0",
         "--conservative",
@@ -229,14 +239,70 @@ def main(argv: list[str] | None = None) -> dict:
     results["gradient_check_float64"] = gradient_check_float64(
         Path(models["conservative fine-tune"]), cell
     )
+    save(args.out, results, partial=True)
+    # the from-scratch baseline at its own (higher) learning rate: a fairer opponent
+    scratch_lr = str(args.scratch_lr)
+    results["direct_scratch_own_lr"] = {
+        "lr": args.scratch_lr,
+        "test": scratch_only(
+            work / "scratch_own_lr_seed0",
+            start,
+            data,
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            scratch_lr,
+            "--batch-size",
+            "8",
+        ),
+    }
     results["seconds"] = time.perf_counter() - begin
-    results["summary"] = summarize(results)
-    text = report(results)
-    print(text)
-    if args.out:
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
-        Path(args.out).with_suffix(".md").write_text(text)
+    save(args.out, results)
     return results
+
+
+def save(out: str | None, results: dict, partial: bool = False) -> None:
+    """Write OUT.json (and, complete, OUT.md); partial results after the main stages."""
+    if partial:
+        results = dict(results, partial=True)
+    else:
+        results["summary"] = summarize(results)
+        text = report(results)
+        print(text)
+    if out:
+        Path(out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+        if not partial:
+            Path(out).with_suffix(".md").write_text(text)
+
+
+def scratch_only(out: Path, start: Path, data: Path, *extra: str) -> dict:
+    """Test errors of only the from-scratch run of a fine-tune's config (seed 0)."""
+    from escn_plugin.finetune import cli, evaluate
+
+    done = out / "scratch_test.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    args = cli.build_parser().parse_args(
+        [
+            "--checkpoint",
+            str(start),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+            "--from-scratch",
+            "--prepare-only",
+            *extra,
+        ]
+    )
+    settings = cli.prepare(args)
+    run = cli._train(out / cli.SCRATCH_DIR, settings, stream=False)
+    test = cli._test_structures(out.resolve())
+    errors = evaluate.errors(evaluate.predict(run["checkpoint"], test))
+    done.write_text(json.dumps(errors))
+    return errors
 
 
 def summarize(results: dict) -> dict:
@@ -261,6 +327,10 @@ def summarize(results: dict) -> dict:
             <= 1e-6,
         },
         "drift_ratio_direct_over_conservative": drift_d / drift_c if drift_c else float("inf"),
+        "seed0_finetuned_over_scratch_own_lr": {
+            k: results["direct"][0]["test"]["finetuned"][k] / v
+            for k, v in results.get("direct_scratch_own_lr", {}).get("test", {}).items()
+        },
     }
 
 
@@ -272,7 +342,8 @@ def report(results: dict) -> str:
         "",
         f"Pretraining: {pre['epochs']} epochs on OC20-EMT demo (1152 frames), lr "
         f"{pre['lr']}. Fine-tuning: {results['args']['n']} alloy structures (80/10/10 split "
-        f"per seed), {results['args']['epochs']} epochs of batch 8, lr {results['args']['lr']}, "
+        f"per seed), {results['args']['epochs']} epochs (conservative: "
+        f"{results['args']['conservative_epochs']}) of batch 8, lr {results['args']['lr']}, "
         "same steps for fine-tune and from scratch. Test errors via OCPCalculator.",
         "",
         "## Direct (3 seeds)",
@@ -290,6 +361,17 @@ def report(results: dict) -> str:
         "Mean ratio fine-tuned / from scratch: "
         + ", ".join(f"{k} {v:.3f}" for k, v in summary["direct_mean_ratios"].items()),
     ]
+    own = results.get("direct_scratch_own_lr")
+    if own:
+        vals = ", ".join(f"{k} {own['test'][k]:.4g}" for k in keys if k in own["test"])
+        ratio = ", ".join(
+            f"{k} {v:.3f}" for k, v in summary["seed0_finetuned_over_scratch_own_lr"].items()
+        )
+        lines += [
+            "",
+            f"From scratch at lr {own['lr']} (seed 0, same steps): {vals}; fine-tuned "
+            f"(lr {results['args']['lr']}) / this: {ratio}",
+        ]
     cons = results["conservative"]["test"]
     lines += [
         "",

@@ -197,6 +197,7 @@ def train_one(config: dict, checkpoint: Path, run_dir: Path, seed: int, args) ->
     log = run_fairchem(
         dict(config, seed=seed), run_dir, "train", "--checkpoint", str(checkpoint),
         identifier="run", stream=False, print_every=args.print_every, timeout=24 * 3600,
+        cpu=args.device == "cpu",
     )  # fmt: skip
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -417,6 +418,8 @@ def plot(results: dict, path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: fairchem's GPU run (no --cpu)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--data-size", default="demo", help="oc20_emt size (default demo)")
@@ -439,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write OUT.md, OUT.json and OUT.png")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    machine = dict(machine_info("cpu"), clock="cpu", threads=1)
+    machine = dict(machine_info(args.device), clock="cpu", threads=1)
     results = run_all(args)
     stats = summary(results)
     markdown = report(args, machine, results)

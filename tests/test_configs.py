@@ -60,6 +60,19 @@ def _rel(path: Path) -> str:
     return path.relative_to(CONFIGS).as_posix()
 
 
+def _checked_format(path: Path) -> str:
+    """The plugin's checked, per-process LMDB dataset for the config's data set (fairchem's
+    own `lmdb` / `oc22_lmdb` crash their DataLoader workers)."""
+    return "escn_plugin_oc22_lmdb" if "oc22" in _rel(path) else "escn_plugin_lmdb"
+
+
+def _check_split_formats(path: Path, cfg: dict) -> None:
+    """Train, val and test name the checked format (val and test keep it with
+    --dataset.train=None, when they do not inherit train's settings)."""
+    for split in ("train", "val", "test"):
+        assert cfg["dataset"][split]["format"] == _checked_format(path), split
+
+
 def _include_only(path: Path) -> bool:
     return path.name.startswith("base") or "models" in Path(_rel(path)).parts
 
@@ -234,7 +247,7 @@ def test_s2ef_training_recipe(path):
     cfg = _config(_rel(path))
     model, optim, train = _backbone_cfg(cfg["model"]), cfg["optim"], cfg["dataset"]["train"]
     assert model["regress_forces"] is True
-    assert train["format"] == ("oc22_lmdb" if "oc22" in _rel(path) else "lmdb")
+    _check_split_formats(path, cfg)
     assert train["key_mapping"] == {"y": "energy", "force": "forces"}
     assert "src" in train and "src" in cfg["dataset"]["val"]
     assert set(train["transforms"]["normalizer"]) == {"energy", "forces"}
@@ -256,6 +269,7 @@ def test_s2ef_training_recipe(path):
     assert warmup_lr_lambda(0, optim) == pytest.approx(0.2)
     assert warmup_lr_lambda(milestones[-1], optim) == pytest.approx(0.3**3)
     assert optim["eval_batch_size"] == optim["batch_size"]
+    assert optim["num_workers"] == 8 and optim["eval_every"] == 5000
     # the GPU count lives in a comment (fairchem takes it from --num-gpus/--num-nodes)
     found = re.search(r"(\d+) GPUs x batch (\d+) = global batch (\d+)", path.read_text())
     assert found, "state the GPU count as 'N GPUs x batch B = global batch G'"
@@ -290,7 +304,7 @@ def test_relaxation_configs(path):
     assert opt["maxstep"] == 0.04 and opt["memory"] == 50
     assert opt["damping"] == 1.0 and opt["alpha"] == 70.0 and opt["traj_dir"]
     assert relax["key_mapping"] == {"y_relaxed": "energy_relaxed"} and relax["src"]
-    assert relax["format"] == ("oc22_lmdb" if "oc22" in _rel(path) else "lmdb")
+    assert relax["format"] == _checked_format(path)
     assert "src" not in cfg["dataset"].get("train", {})  # no training data needed
     # the checkpoint's scheduler state is restored: a `"Null"` scheduler would fail
     assert "scheduler" not in cfg["optim"] and cfg["optim"]["lr_milestones"]
@@ -302,7 +316,7 @@ def test_oc22_linear_references():
     assert oc22
     for path in oc22:
         train = _config(_rel(path))["dataset"]["train"]
-        assert train["format"] == "oc22_lmdb"
+        assert train["format"] == "escn_plugin_oc22_lmdb"
         assert train["transforms"]["element_references"]["energy"]["file"].endswith(".npz")
 
 
@@ -324,6 +338,9 @@ def test_s2efs_config():
         and "stress" in cfg["evaluation_metrics"]["metrics"]
     )
     assert _our_counts(yaml.safe_dump(cfg["model"], sort_keys=True))[2] > 0
+    # validated (checkpoint.pt, best_checkpoint.pt) every epoch: also on small data sets
+    assert "eval_every" not in cfg["optim"] and "checkpoint_every" not in cfg["optim"]
+    _check_split_formats(CONFIGS / "s2efs/eSCN-L6-M2-Lay12-hydra.yml", cfg)
 
 
 def _distinct_models() -> dict[str, str]:
@@ -407,9 +424,12 @@ def test_conservative_config(path, tmp_path, monkeypatch):
     losses = {k for loss in cfg["loss_functions"] for k in loss}
     assert losses == set(cfg["outputs"])
     _check_metrics(cfg)
+    _check_split_formats(path, cfg)
+    # bulk: the EMT example data (4 steps an epoch) must validate; OC20/OC22: every 5000 steps
+    bulk = _rel(path).startswith("conservative/bulk/")
+    assert cfg["optim"].get("eval_every") == (None if bulk else 5000)
     if _rel(path).startswith("conservative/oc22/"):
         train = cfg["dataset"]["train"]
-        assert train["format"] == "oc22_lmdb"
         assert train["transforms"]["element_references"]["energy"]["file"].endswith(".npz")
     # the model builds through fairchem's registry, with the reference's energy-only count
     n_ours, _, _ = _our_counts(yaml.safe_dump(cfg["model"], sort_keys=True))

@@ -22,10 +22,11 @@ What differs from fairchem's classes (records, keys, ``length`` entry, transform
 
 * **Workers.** fairchem opens its LMDB environments in ``__init__``, in the parent
   process; read in forked ``DataLoader`` workers they crash the worker with a
-  segmentation fault once a file holds a few dozen records (measured with py-lmdb 1.8.1:
-  40 records crash, 8 do not). Here ``__init__`` reads the lengths and closes its
-  environments; each process opens its own on its first ``__getitem__`` (tracked by
-  ``os.getpid()``). A pickled dataset carries no environment.
+  segmentation fault once a file holds a few dozen records (measured with py-lmdb 1.8.1,
+  2 workers: 40 records crash, 8 do not; the children crash on pages the parent has not
+  read). Here ``__init__`` reads the lengths and closes its environments; each process
+  opens its own on its first ``__getitem__`` (tracked by ``os.getpid()``). A pickled
+  dataset carries no environment.
 * **Truncated files** fail when the dataset is built, naming the file
   (:func:`escn_plugin.datasets.lmdb_io.check_complete`): a read past the end of a
   memory-mapped file would kill the process with SIGBUS.

@@ -6,6 +6,7 @@ before and after)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ def _markdown(report: dict[str, Any]) -> str:
         )
     for note in report.get("notes", []):
         lines.append(f"- {note}")
-    lines += ["", "![learning curve](learning_curve.png)", "", "![parity](parity.png)", ""]
+    if report.get("figures"):
+        lines += ["", "![learning curve](learning_curve.png)", "", "![parity](parity.png)"]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -167,10 +170,16 @@ def write_report(
 ) -> dict[str, Path]:
     """Write the figures, ``report.json`` and ``report.md``; returns their paths."""
     out_dir = Path(out_dir)
-    paths = {
-        "learning_curve": learning_curve_figure(curves, out_dir / "learning_curve.png"),
-        "parity": parity_figure(predictions, out_dir / "parity.png"),
-    }
+    try:
+        paths = {
+            "learning_curve": learning_curve_figure(curves, out_dir / "learning_curve.png"),
+            "parity": parity_figure(predictions, out_dir / "parity.png"),
+        }
+    except ImportError:  # matplotlib is an optional dependency of the plugin
+        logging.getLogger(__name__).warning(
+            "matplotlib is not installed: report written without figures (pip install matplotlib)"
+        )
+        paths = {}
     report = dict(report, figures={k: str(v) for k, v in paths.items()}, curves=curves)
     paths["json"] = out_dir / "report.json"
     paths["json"].write_text(json.dumps(_jsonable(report), indent=1))

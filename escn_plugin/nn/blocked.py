@@ -37,8 +37,10 @@ GPU: 100 GFLOP), and never more than half the free memory. ``inference_block_edg
 model argument) overrides it.
 
 Host-device synchronisation: the plan (edge ranges, local graphs, slot widths) is built
-once per forward pass, before the layers (one ``.cpu()`` of the per-node edge counts, and a
-``unique`` and a slot width per block); the block loop itself has none.
+once per forward pass, before the layers (a target-order check, one ``.cpu()`` of the
+per-node edge counts, and per block a ``unique`` and two slot widths); the block loop itself
+has none (tests/model/test_device_placement.py runs it under FakeTensorMode, which refuses
+data-dependent operations).
 """
 
 from __future__ import annotations

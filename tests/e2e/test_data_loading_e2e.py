@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from escn_plugin.datasets.emt_stress import generate
+from escn_plugin.datasets.lmdb_io import read_lmdb, write_lmdb
 from tests.datasets.damage import corrupt_record, truncate
 from tests.helpers.fairchem_run import SMALL_MODEL, logged, only, run_fairchem
 
@@ -117,6 +118,20 @@ def test_fairchem_lmdb_crashes_its_workers_on_the_same_run(data_root, tmp_path):
     """The control of the test above: only the format differs."""
     log = _failed_run(config(data_root, data_root / "train", fmt="lmdb"), tmp_path)
     assert "segmentation fault" in log.lower(), log[-3000:]
+
+
+def test_oc22_format_300_records_in_workers(data_root, tmp_path):
+    """``format: escn_plugin_oc22_lmdb``: OC22's total-energy records (``oc22`` set)."""
+    for split in ("train", "val"):
+        records = read_lmdb(data_root / split / "data.lmdb")
+        for record in records:
+            record.oc22 = 1
+        write_lmdb(tmp_path / "oc22" / split / "data.lmdb", records)
+    cfg = config(data_root, tmp_path / "oc22" / "train", fmt="escn_plugin_oc22_lmdb")
+    cfg["dataset"]["val"]["src"] = str(tmp_path / "oc22" / "val")
+    log = run_fairchem(cfg, tmp_path / "run", "train")
+    assert logged(log, "step") and "Evaluating on val" in log, log[-3000:]
+    assert list((tmp_path / "run").glob("checkpoints/*/checkpoint.pt"))
 
 
 def _copy_train(data_root: Path, to: Path) -> Path:

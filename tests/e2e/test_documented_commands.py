@@ -34,6 +34,7 @@ from ase.optimize import BFGS
 from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 from fairchem.core.common.utils import load_config
 
+from escn_plugin.datasets.emt_stress import main as emt_stress_main
 from escn_plugin.workflows.fairchem_runner import fairchem_command
 from tests.datasets.damage import truncate
 from tests.helpers.fairchem_run import SMALL_MODEL, logged, only, run_fairchem
@@ -68,7 +69,8 @@ def _python_m(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def shipped(rel: str, data: Path, epochs: int = EPOCHS) -> dict:
     """A shipped config as ``fairchem --config-yml`` loads it from the repo root, on the
-    example data, tiny widths, ``epochs`` epochs; every other key kept."""
+    example data, tiny widths, ``epochs`` epochs, 2 data-loader workers; every other key
+    kept."""
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
@@ -81,16 +83,17 @@ def shipped(rel: str, data: Path, epochs: int = EPOCHS) -> dict:
     config["dataset"]["train"]["src"] = str(data / "train")
     config["dataset"]["val"]["src"] = str(data / "val")
     config["optim"]["max_epochs"] = epochs
+    config["optim"]["num_workers"] = 2  # 8 in the configs; 2 cores here
     return config
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """The documented example data, made by the documented command (fewer frames)."""
+    """The documented example data, made by the documented command's ``main`` (in this
+    process; fewer frames)."""
     out = tmp_path_factory.mktemp("emt_stress") / "emt_stress"
-    counts = ("--num-train", f"{NUM_TRAIN}", "--num-val", f"{NUM_VAL}", "--num-test", f"{NUM_TEST}")
-    _python_m("escn_plugin.datasets.emt_stress", "--out", str(out), *counts)
-    return out
+    counts = ["--num-train", f"{NUM_TRAIN}", "--num-val", f"{NUM_VAL}", "--num-test", f"{NUM_TEST}"]
+    return emt_stress_main(["--out", str(out), *counts])
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +115,7 @@ def test_bulk_config_validates_and_writes_both_checkpoints(data, bulk_run):
     # the run's YAML is the shipped config with the widths (and paths, epochs) replaced
     ran = yaml.safe_load((run / "train.yml").read_text())
     assert ran["dataset"]["train"]["format"] == "escn_plugin_lmdb"
-    assert ran["optim"]["num_workers"] == 8 and "eval_every" not in ran["optim"]
+    assert "eval_every" not in ran["optim"] and ran["optim"]["lr_milestones"] == [233, 300, 366]
     assert ran["model"]["max_neighbors"] == 300 and ran["model"]["num_layers"] == 2
 
 
@@ -155,19 +158,31 @@ def calc(bulk_run) -> OCPCalculator:
 
 
 def test_ase_relaxation_and_cell_relaxation(calc):
+    """BFGS on the atoms, then on FrechetCellFilter(atoms), a few steps each. The two
+    training steps leave the model's forces and stress small (~1e-5 eV/A, ~1e-6 eV/A^3:
+    eSCN starts with almost no messages), so the checks are on what ASE did with them:
+    BFGS's first step is forces / 70 (its initial Hessian), and the cell grows where the
+    virial (-volume x stress) is positive."""
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True)  # strained on purpose, as documented
     atoms.rattle(0.05, seed=0)
     atoms.calc = calc
-    e0, fmax0 = atoms.get_potential_energy(), np.abs(atoms.get_forces()).max()
-    BFGS(atoms, logfile=None).run(fmax=1e-4, steps=3)
-    assert atoms.get_potential_energy() < e0 and np.abs(atoms.get_forces()).max() < fmax0
+    start, forces = atoms.get_positions(), atoms.get_forces()
+    assert forces.shape == (4, 3) and np.isfinite(forces).all() and np.abs(forces).max() > 0
+    opt = BFGS(atoms, logfile=None)
+    opt.run(fmax=1e-9, steps=1)
+    np.testing.assert_allclose(atoms.get_positions() - start, forces / 70.0, rtol=1e-6)
+    opt.run(fmax=1e-9, steps=2)
+    assert opt.nsteps == 3 and np.isfinite(atoms.get_potential_energy())
 
-    cell = atoms.cell[:].copy()
-    stress = atoms.get_stress()
-    assert stress.shape == (6,) and np.abs(stress).max() > 0
-    e1 = atoms.get_potential_energy()
-    BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-6, steps=4)
-    assert atoms.get_potential_energy() < e1 and np.abs(atoms.cell[:] - cell).max() > 1e-6
+    stress, volume, cell = atoms.get_stress(), atoms.get_volume(), atoms.cell[:].copy()
+    assert stress.shape == (6,) and np.isfinite(stress).all() and np.abs(stress).max() > 0
+    cell_opt = BFGS(FrechetCellFilter(atoms), logfile=None)
+    cell_opt.run(fmax=1e-12, steps=1)
+    assert np.abs(atoms.cell[:] - cell).max() > 0
+    virial_trace = -volume * stress[:3].sum()
+    assert np.sign(atoms.get_volume() - volume) == np.sign(virial_trace)
+    cell_opt.run(fmax=1e-12, steps=2)
+    assert cell_opt.nsteps == 3 and np.isfinite(atoms.get_stress()).all()
 
 
 def test_nve_md_five_steps(calc):
@@ -182,8 +197,8 @@ def test_nve_md_five_steps(calc):
     dyn.run(5)
     assert len(e_tot) == 6 and np.isfinite(e_tot).all()
     assert np.abs(atoms.get_positions() - start).max() > 1e-3
-    # gradient forces: the total energy moves far less than the kinetic energy (~1.2 eV)
-    assert np.ptp(e_tot) < 0.05 * atoms.get_kinetic_energy(), e_tot
+    # the total energy moves far less than the kinetic energy (~1.2 eV)
+    assert np.ptp(e_tot) < 0.01 * atoms.get_kinetic_energy(), e_tot
 
 
 def test_check_data_command(data, tmp_path):
@@ -239,17 +254,19 @@ def _submit(run: Path, tmp_path: Path, *extra: str) -> tuple[str, Path]:
         "--submit", "--cpu", "--logdir", str(tmp_path / "logs"), "--run-dir",
         str(tmp_path / "run"), "--identifier", "submitted", *extra,
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]  # whatever the job does later
-    job_id = out.stderr.split("Submitted jobs: ")[1].split()[0]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]  # whatever the job does later
+    assert "Submitted jobs: " in out, out[-3000:]
+    job_id = out.split("Submitted jobs: ")[1].split()[0]
     job_dir = tmp_path / "logs" / job_id
     deadline = time.time() + 240
     while not list(job_dir.glob("*_result.pkl")) and time.time() < deadline:
         time.sleep(2)  # submitit's local executor runs the job after the CLI has exited
-    return out.stderr, job_dir
+    return out, job_dir
 
 
-@pytest.mark.skipif(
+NO_SLURM = pytest.mark.skipif(
     any(
         (Path(p) / name).exists()
         for p in os.environ.get("PATH", "").split(os.pathsep)
@@ -257,6 +274,9 @@ def _submit(run: Path, tmp_path: Path, *extra: str) -> tuple[str, Path]:
     ),
     reason="SLURM is here: --submit would submit a real job",
 )
+
+
+@NO_SLURM
 def test_submit_needs_slurm(bulk_run, tmp_path):
     """Without SLURM, ``--submit`` falls back to submitit's local executor: the command says
     ``Submitted jobs`` and exits 0, then the job fails in fairchem's trainer set-up
@@ -269,3 +289,15 @@ def test_submit_needs_slurm(bulk_run, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() or not list(
         (tmp_path / "run" / "checkpoints").rglob("*.pt")
     )
+
+
+@NO_SLURM
+@pytest.mark.slow  # ~60 s: an undocumented escape hatch, kept as evidence for the docs
+def test_submit_without_slurm_runs_with_a_local_rank_override(bulk_run, tmp_path):
+    """The local fallback fails only because fairchem's CLI sets ``local_rank`` outside the
+    ``--submit`` branch: with ``--local_rank=0`` (a config override) submitit's local
+    executor runs the job in the background on this machine and it writes checkpoints."""
+    _, job_dir = _submit(bulk_run[0], tmp_path, "--local_rank=0")
+    status, _ = pickle.loads(only(list(job_dir.glob("*_result.pkl"))).read_bytes())
+    assert status == "success"
+    assert list((tmp_path / "run" / "checkpoints").glob("*/best_checkpoint.pt"))
