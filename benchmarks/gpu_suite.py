@@ -359,7 +359,7 @@ def part_syncs(args) -> dict:
     def layers_blocked():
         with torch.no_grad():
             blocked.run_blocked_layers(
-                model.layers, x, z, graph.edge_index, plan,
+                model.layers, x.detach().clone(), z, graph.edge_index, plan,
                 lambda e: model.edge_tensors(vec[e], dist[e], None, x.dtype),
             )  # fmt: skip
 

@@ -14,7 +14,8 @@ Per layer and block (shapes: n = b - a targets, n' local nodes, e = e_b - e_a ed
     x_next[a:b] = update                 (first layer)
     x_next[a:b] = x[a:b] + update        (the others)
 
-Only ``x`` and ``x_next`` ([N, K, C] each) grow with the system, beside the graph itself
+Only ``x`` and ``x_next`` ([N, K, C] each, two buffers taking turns; the embedding's is
+reused) grow with the system, beside the graph itself
 (edge index, vectors, distances: ~60 bytes per edge) and the plan (local indices and
 per-node edge slots: ~70 bytes per edge). The readout heads read ``x`` in node blocks too
 (``node_block``, passed to them in the backbone's outputs). The result is that of the
@@ -357,9 +358,16 @@ def run_blocked_layers(
 
     ``edge_index [2, E]`` (global, target-major) and ``atomic_numbers [N]`` feed the edge
     features; ``edge_tensors`` computes each block's per-edge inputs when it is run.
+    Two buffers of x's size take turns as a layer's input and output, the first being
+    ``x`` itself: with two layers or more, **x is overwritten** (the caller's reference
+    to the embedding would otherwise keep a third buffer alive).
     """
+    buffers = [x, None]  # [N, K, C] each: input and output of a layer, in turns
     for i, layer in enumerate(layers):
-        out = torch.empty_like(x)  # [N, K, C]
+        x = buffers[i % 2]
+        if buffers[(i + 1) % 2] is None:
+            buffers[(i + 1) % 2] = torch.empty_like(x)
+        out = buffers[(i + 1) % 2]
         for block in plan.blocks:
             edges = slice(block.edge_start, block.edge_stop)
             wigner, basis, weight = edge_tensors(edges)  # [e, nnz], [e, B], [e] | None
@@ -374,8 +382,7 @@ def run_blocked_layers(
             )  # [n, K, C]
             rows = slice(block.node_start, block.node_stop)
             out[rows] = update if i == 0 else x[rows] + update
-        x = out
-    return x
+    return buffers[len(layers) % 2]
 
 
 def node_blocks(num_nodes: int, size: int | None) -> list[slice]:

@@ -100,7 +100,7 @@ def test_one_block_of_every_node_equals_whole_graph(batch):
         plan = blocked.plan_blocks(graph.edge_index, x.shape[0], graph.edge_index.shape[1])
         assert len(plan.blocks) == 1
         out = blocked.run_blocked_layers(
-            model.layers, x, z, graph.edge_index, plan,
+            model.layers, x.clone(), z, graph.edge_index, plan,  # it overwrites its input
             lambda e: model.edge_tensors(vec[e], dist[e], None, x.dtype),
         )  # fmt: skip
         wigner, basis, weight = model.edge_tensors(vec, dist, None, x.dtype)
@@ -305,3 +305,28 @@ def test_memory_estimate_is_an_upper_bound():
 def test_bad_block_size_names_the_argument(value):
     with pytest.raises(ValueError, match="inference_block_edges"):
         escn_plugin.eSCN(**{**SMALL, **CONFIGS["L4-M2"], "inference_block_edges": value})
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_two_buffers_take_turns(batch, monkeypatch, num_layers):
+    """x [N, K, C] twice at most, whatever the depth: the embedding's buffer is reused."""
+    model = build(CONFIGS["L4-M2"], num_layers=num_layers)
+    z = batch.atomic_numbers.long()
+    allocated, original = [], torch.empty_like
+
+    def counting(t, *args, **kwargs):
+        allocated.append(t.shape)
+        return original(t, *args, **kwargs)
+
+    with torch.no_grad():
+        graph = model.prepare_graph(batch)
+        x = model.embed_atoms(z)
+        vec, dist = graph.edge_distance_vec, graph.edge_distance
+        plan = blocked.plan_blocks(graph.edge_index, x.shape[0], 50)
+        monkeypatch.setattr(torch, "empty_like", counting)
+        out = blocked.run_blocked_layers(
+            model.layers, x, z, graph.edge_index, plan,
+            lambda e: model.edge_tensors(vec[e], dist[e], None, x.dtype),
+        )  # fmt: skip
+    assert allocated == [x.shape]
+    assert (out.data_ptr() == x.data_ptr()) == (num_layers % 2 == 0)
