@@ -65,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(REPO) not in sys.path:
     sys.path.insert(1, str(REPO))
-from _memory import peak_memory_mib, run_worker  # noqa: E402
+from _memory import peak_live_tensors_mib, peak_memory_mib, run_worker  # noqa: E402
 from _reporting import machine_info, markdown_table  # noqa: E402
 from _timing import synchronize  # noqa: E402
 
@@ -298,6 +298,9 @@ def model_worker(payload: dict) -> dict:
     memory = peak_memory_mib(timed_call, device)
     for _ in range(payload["repeats"]):
         timed_call()
+    live = None
+    if payload.get("live") and device == "cpu":  # tensors only: no allocator in the figure
+        live = peak_live_tensors_mib(lambda: call(batch))
     result = dict(
         atoms=len(atoms),
         time_s=statistics.median(times),
@@ -306,6 +309,7 @@ def model_worker(payload: dict) -> dict:
         cpu_times_s=cpu,
         peak_mib=memory["peak_increase_mib"],
         memory_method=memory["method"],
+        live_mib=live,
         parameters=sum(p.numel() for p in model.parameters()),
     )
     with torch.no_grad():
@@ -476,7 +480,16 @@ def section_memory(args) -> list[dict]:
     """L6-M2 at the paper's widths: peak memory per atom of one inference."""
     rows, layers = [], args.memory_layers
     for atoms in args.memory_scan:
-        rows.append(_model_point(args, "memory", f"pt_bulk_{atoms}", model="L6-M2", layers=layers))
+        rows.append(
+            _model_point(
+                args,
+                "memory",
+                f"pt_bulk_{atoms}",
+                model="L6-M2",
+                layers=layers,
+                live=args.live_tensors,
+            )  # fmt: skip
+        )
     for atoms in args.deep_atoms:
         rows.append(
             _model_point(
@@ -621,8 +634,15 @@ def targets(rows: list[dict]) -> list[str]:
         sizes = f"{scan[0]['atoms']:,} -> {scan[-1]['atoms']:,}"
         per_atom = ", ".join(f"{r['kib_per_atom']:.0f}" for r in scan)
         ok = "met" if spread <= 1.2 else "MISSED"
-        table.append([f"inference peak per atom, L6-M2, {sizes}",
+        table.append([f"inference peak RSS per atom, L6-M2-Lay{scan[0]['layers']}, {sizes}",
                       f"{per_atom} KiB/atom: {spread:.2f}x", "flat within 1.2x", ok])  # fmt: skip
+        live = [r for r in scan if r.get("live_mib")]
+        live_spread = _spread([r["live_mib"] / r["atoms"] for r in live])
+        if live_spread:
+            per_atom = ", ".join(f"{1024 * r['live_mib'] / r['atoms']:.0f}" for r in live)
+            table.append([f"the same, peak of live tensors (torch.profiler), "
+                          f"{live[0]['atoms']:,} -> {live[-1]['atoms']:,}",
+                          f"{per_atom} KiB/atom: {live_spread:.2f}x", "", ""])  # fmt: skip
         largest = max(scan, key=lambda r: r["atoms"])
         deep = pick("memory", layers=12)
         weights = 4 * largest.get("parameters", 0) * (12 / max(largest["layers"], 1))
@@ -686,7 +706,8 @@ def _fmt(value, spec: str) -> str:
 
 def model_table(rows: list[dict]) -> str:
     header = ["section", "model", "impl", "layers", "mode", "atoms", "edges", "blocks",
-              "CPU s", "us/atom", "peak MiB", "KiB/atom", "estimate MiB", "note"]  # fmt: skip
+              "CPU s", "us/atom", "peak MiB", "KiB/atom", "tensors KiB/atom", "estimate MiB",
+              "note"]  # fmt: skip
     table = [
         [
             r["section"],
@@ -701,6 +722,7 @@ def model_table(rows: list[dict]) -> str:
             _fmt(r.get("us_per_atom"), ".0f"),
             _fmt(r.get("peak_mib"), ".0f"),
             _fmt(r.get("kib_per_atom"), ".1f"),
+            _fmt(r["live_mib"] * 1024 / r["atoms"] if r.get("live_mib") else None, ".1f"),
             _fmt(r.get("estimate_mib"), ".0f"),
             r.get("error") or r.get("note") or "",
         ]  # fmt: skip
@@ -743,7 +765,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model-repeats", type=int, default=1, help="timed calls after the first")
     parser.add_argument("--inference-scan", type=int, nargs="+", default=[1000, 5000, 20000])
     parser.add_argument("--memory-scan", type=int, nargs="*", default=[1000, 2000, 5000, 10000])
-    parser.add_argument("--memory-layers", type=int, default=1)
+    parser.add_argument("--memory-layers", type=int, default=2)
+    parser.add_argument(
+        "--live-tensors",
+        action="store_true",
+        help="memory scan: also the peak of live tensors (torch.profiler; CPU; slow)",
+    )
     parser.add_argument("--deep-atoms", type=int, nargs="*", default=[1000])
     parser.add_argument("--reference-atoms", type=int, nargs="*", default=[500])
     parser.add_argument("--training-atoms", type=int, default=1000)
