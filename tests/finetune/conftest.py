@@ -12,20 +12,10 @@ import torch
 from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 
+from tests.helpers.fairchem_run import SMALL_MODEL
+
 #: a tiny eSCN (a few thousand parameters): fast enough to train through the CLI in tests
-TINY_MODEL = dict(
-    num_layers=2,
-    lmax_list=[2],
-    mmax_list=[1],
-    sphere_channels=8,
-    hidden_channels=8,
-    edge_channels=8,
-    num_sphere_samples=16,
-    cutoff=4.5,
-    max_neighbors=30,
-    otf_graph=True,
-    distance_resolution=0.1,
-)
+TINY_MODEL = dict(SMALL_MODEL, cutoff=4.5, max_neighbors=30)
 #: normalizers of the starting checkpoint: an adsorption-energy-like data set, nothing
 #: like the EMT total energies of the fine-tuning structures
 START_NORMALIZERS = {"energy": {"mean": -1.5, "rmsd": 2.0}, "forces": {"mean": 0.0, "rmsd": 0.3}}
