@@ -143,14 +143,13 @@ def _so3_grid(lmax: int, resolution: int | None) -> ModuleListInfo:
     order m (l, m <= lmax), in float64. Built once per process (about 0.5 s at lmax 3);
     each model gets a copy."""
     grid = ModuleListInfo(f"({lmax}, {lmax})")
-    with float64_default():
-        for degree in range(lmax + 1):
-            grid.append(
-                nn.ModuleList(
-                    SO3_Grid(degree, order, resolution=resolution, normalization="component")
-                    for order in range(lmax + 1)
-                )
+    for degree in range(lmax + 1):  # cached_constant: built on the CPU in float64
+        grid.append(
+            nn.ModuleList(
+                SO3_Grid(degree, order, resolution=resolution, normalization="component")
+                for order in range(lmax + 1)
             )
+        )
     return grid
 
 

@@ -26,7 +26,7 @@ import torch
 from e3nn import o3
 from e3nn.o3 import FromS2Grid, ToS2Grid
 
-from escn_plugin.common.default_dtype import cached_constant, constants, float64_default
+from escn_plugin.common.default_dtype import cached_constant, constants
 
 __all__ = ["grid_resolution", "s2_grid_matrices"]
 
@@ -70,11 +70,10 @@ def s2_grid_matrices(lmax: int, res_beta: int, res_alpha: int) -> tuple[torch.Te
     """
     res = (res_beta, res_alpha)
     # e3nn's quadrature weights are computed in the *default* dtype whatever ``dtype`` says
-    # (``2.0 * arange(...)`` in ``_quadrature_weights``): build under a float64 default, so
-    # the matrices are float64-accurate and do not depend on the caller's default dtype.
-    with float64_default():
-        to_s2 = ToS2Grid(lmax, res, normalization="integral", dtype=torch.float64)
-        from_s2 = FromS2Grid(res, lmax, normalization="integral", dtype=torch.float64)
+    # (``2.0 * arange(...)`` in ``_quadrature_weights``): cached_constant builds under a
+    # float64 default, so the matrices do not depend on the caller's default dtype.
+    to_s2 = ToS2Grid(lmax, res, normalization="integral", dtype=torch.float64)
+    from_s2 = FromS2Grid(res, lmax, normalization="integral", dtype=torch.float64)
     to_grid = torch.einsum("mbi,am->bai", to_s2.shb, to_s2.sha)  # [b, a, K]
     from_grid = torch.einsum("am,mbi->bai", from_s2.sha, from_s2.shb)  # [b, a, K]
     num_coeff = (lmax + 1) ** 2
