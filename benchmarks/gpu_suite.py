@@ -31,8 +31,6 @@ GPU by tests/model/test_device_placement.py, on a GPU by part 4):
   slot width of sources and targets);
 * blocked inference's plan (``nn/blocked.py``): one target-order check, one ``.cpu()`` of
   the per-node edge counts, and per block a ``unique`` and two slot widths;
-* training only: ``random_grid_rotation`` copies D(Q) [K, K] to the device in each layer
-  (``so3/wigner.py`` ``random_layout_rotation``) and the readout rotation once per step;
 * precomputed graphs (``otf_graph: False``) go through fairchem's ``get_pbc_distances``
   (``repeat_interleave`` of the per-system edge counts).
 

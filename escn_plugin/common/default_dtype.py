@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 __all__ = ["cached_constant", "constants", "default_dtype", "float64_default"]
 
@@ -43,8 +44,10 @@ def float64_default() -> contextlib.AbstractContextManager[None]:
 
 @contextlib.contextmanager
 def constants() -> Iterator[None]:
-    """CPU and float64 for new tensors, whatever the ambient device (``meta`` included)."""
-    with torch.device("cpu"), default_dtype(torch.float64):
+    """Real CPU float64 tensors, whatever the ambient device (``meta`` included), default
+    dtype or fake-tensor mode (``FakeTensorMode`` tracing, ``torch.compile``): a constant
+    cached while tracing must stay usable by the real calls that follow."""
+    with unset_fake_temporarily(), torch.device("cpu"), default_dtype(torch.float64):
         yield
 
 

@@ -114,7 +114,7 @@ from escn_plugin.so3.projections import (
     sphere_points_sampler,
 )
 from escn_plugin.so3.s2_grid import grid_resolution, quadrature_points
-from escn_plugin.so3.wigner import random_layout_rotation, rotate_coefficients
+from escn_plugin.so3.wigner import RandomLayoutRotation, rotate_coefficients
 
 __all__ = ["eSCN", "eSCNBackbone", "eSCNEnergyGradientHead", "eSCNEnergyHead", "eSCNForceHead"]
 
@@ -251,6 +251,10 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             )
             points, weights = readout_points(num_sphere_samples, readout_grid, grid_quadrature)
             sphere_sampler = sphere_points_sampler(self.layout, points)
+            # training only: readout points turned by a random rotation per step
+            self.readout_rotation = (
+                RandomLayoutRotation(lmax_list) if self.random_grid_rotation else None
+            )
         self.atom_embedding = nn.Embedding(max_num_elements, self.sphere_channels_all)
         self.layers = nn.ModuleList(
             InteractionLayer(
@@ -481,11 +485,11 @@ class eSCNBackbone(nn.Module, RadiusGraphMixin, BackboneInterface, EqV2HeadSuppo
             if getattr(self, "eqv2_modules", {}).get("SO3_rotation") is not None:
                 basis = self.distance_expansion(distance).to(x.dtype)  # eqV2 heads read it
         sampled, points = x, self.sphere_points  # [N, K, C], [P, 3]
-        if self.random_grid_rotation and self.training:
+        if self.readout_rotation is not None and self.training:
             # readout points q_p = Q^T p: values there are those of D(Q) x at p
-            rot, wigner_q = random_layout_rotation(self.lmax_list, x)  # [3, 3], [K, K]
+            rot, wigner_q = self.readout_rotation(x)  # [3, 3], [K, K]
             sampled = rotate_coefficients(wigner_q, x)
-            points = (points.double() @ rot.to(points.device)).to(points.dtype)
+            points = (points.double() @ rot).to(points.dtype)
         return BackboneOutputs(
             sphere_coefficients=sampled,  # [N, K, C], read at the points by the heads
             sphere_sampler=self.sphere_sampler,

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from escn_plugin.so3.projections import SphereSampler, resolution_linear
-from escn_plugin.so3.wigner import random_layout_rotation, rotate_coefficients
+from escn_plugin.so3.wigner import RandomLayoutRotation, rotate_coefficients
 
 __all__ = ["NodeUpdate"]
 
@@ -58,6 +58,7 @@ class NodeUpdate(nn.Module):
         self.random_rotation = bool(random_rotation)
         self.recompute = bool(recompute)
         self.lmax_list = [round((b - a) ** 0.5) - 1 for _, a, b in self.blocks]
+        self.rotation = RandomLayoutRotation(self.lmax_list) if self.random_rotation else None
         # each coefficient belongs to one resolution: the grid maps summed over them
         self.register_buffer("to_matrix", grid.to_matrix_summed, persistent=False)  # [G, K]
         self.register_buffer("from_matrix", grid.from_matrix_summed, persistent=False)
@@ -69,8 +70,8 @@ class NodeUpdate(nn.Module):
         activations) are recomputed in the backward from x and message instead of being
         kept: less memory for ~1/3 more node-update time.
         """
-        if self.random_rotation and self.training:
-            _, wigner = random_layout_rotation(self.lmax_list, x)  # [K, K]
+        if self.rotation is not None and self.training:
+            _, wigner = self.rotation(x)  # [K, K]
             x, message = rotate_coefficients(wigner, x), rotate_coefficients(wigner, message)
             return rotate_coefficients(wigner, self._checkpointed(x, message), inverse=True)
         return self._checkpointed(x, message)

@@ -38,7 +38,14 @@ from e3nn import o3
 
 from escn_plugin.common.default_dtype import cached_constant, constants
 
-__all__ = ["MAX_LMAX", "WignerD", "WignerRows", "wigner_d", "fibonacci_sphere"]
+__all__ = [
+    "MAX_LMAX",
+    "RandomLayoutRotation",
+    "WignerD",
+    "WignerRows",
+    "fibonacci_sphere",
+    "wigner_d",
+]
 
 MAX_LMAX = 11
 
@@ -214,29 +221,44 @@ def _wigner_module(lmax: int) -> WignerD:
 def wigner_d(rot: torch.Tensor, lmax: int) -> torch.Tensor:
     """Block-diagonal real Wigner-D ``[..., K, K]``, K = (lmax+1)^2, with Y(R r) = D(R) Y(r).
 
-    Batched over leading dims, float32 or float64, differentiable everywhere.
+    Batched over leading dims, float32 or float64, differentiable everywhere. Computed with
+    the process-wide CPU constants (the result goes to ``rot``'s device); modules on the
+    training path own a :class:`WignerD` instead, whose buffers follow the model.
     """
     if rot.shape[-2:] != (3, 3):
         raise ValueError(f"rot must have shape [..., 3, 3], got {tuple(rot.shape)}")
-    return _wigner_module(lmax).to(rot.device)(rot)
+    return _wigner_module(lmax)(rot.cpu()).to(rot.device)
+
+
+def _layout_blocks(wigner: torch.Tensor, lmax_list: list[int]) -> torch.Tensor:
+    """``[(L+1)^2, (L+1)^2] -> [K, K]``: one leading block of ``wigner`` per resolution."""
+    return torch.block_diag(*[wigner[: (lmax + 1) ** 2, : (lmax + 1) ** 2] for lmax in lmax_list])
 
 
 def layout_wigner(rot: torch.Tensor, lmax_list: list[int]) -> torch.Tensor:
     """Wigner-D ``[K, K]`` of one rotation ``rot [3, 3]`` for coefficients of several
     resolutions one after the other (K = sum_i (lmax_i+1)^2): block-diagonal, each block
     ``wigner_d(rot, lmax_i)``, so ``D @ x`` rotates every resolution's sphere function."""
-    wigner = wigner_d(rot, max(lmax_list))  # [(L+1)^2, (L+1)^2]
-    return torch.block_diag(*[wigner[: (lmax + 1) ** 2, : (lmax + 1) ** 2] for lmax in lmax_list])
+    return _layout_blocks(wigner_d(rot, max(lmax_list)), lmax_list)
 
 
-def random_layout_rotation(
-    lmax_list: list[int], like: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A uniformly random rotation ``Q [3, 3]`` (float64, torch's global generator, so a
-    seeded run is reproducible) and its :func:`layout_wigner` ``D(Q) [K, K]`` in the
-    dtype and on the device of ``like``."""
-    rot = o3.rand_matrix(dtype=torch.float64)  # [3, 3]
-    return rot, layout_wigner(rot, lmax_list).to(device=like.device, dtype=like.dtype)
+class RandomLayoutRotation(torch.nn.Module):
+    """A uniformly random rotation per call and its :func:`layout_wigner`, made on the
+    device of the input (no host-to-device copy; the rotation comes from that device's
+    global generator, so a seeded run is reproducible on it).
+
+    ``forward(like [N, K, C]) -> (Q [3, 3] float64, D(Q) [K, K] in like's dtype)``.
+    """
+
+    def __init__(self, lmax_list: list[int]) -> None:
+        super().__init__()
+        self.lmax_list = list(lmax_list)
+        self.wigner = WignerD(max(self.lmax_list))  # constants as buffers: move with the model
+
+    def forward(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rot = o3.rand_matrix(dtype=torch.float64, device=self.wigner.points.device)  # [3, 3]
+        wigner = _layout_blocks(self.wigner(rot), self.lmax_list)  # [K, K]
+        return rot, wigner.to(like.dtype)
 
 
 def rotate_coefficients(

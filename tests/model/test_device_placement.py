@@ -273,11 +273,6 @@ def test_gradient_forces_graph_on_simulated_cuda(batch):
     assert_on_cuda(graph.edge_index, graph.edge_distance_vec, graph.edge_distance)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="random_grid_rotation (training only) copies D(Q) [K, K] from the host in every "
-    "layer: escn_plugin/so3/wigner.py random_layout_rotation (.to(device) of a CPU tensor)",
-)
 def test_training_grid_rotation_copies_nothing_from_the_host(batch):
     model = build(CONFIGS["L4-M2, envelope"], random_grid_rotation=True)
     _, args = layer_inputs(model, batch)
