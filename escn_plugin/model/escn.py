@@ -514,11 +514,32 @@ class BackboneOutputs(dict):
         return values
 
 
-def _sum_per_system(per_atom: torch.Tensor, batch: torch.Tensor, num_systems: int) -> torch.Tensor:
-    """Sum ``[N]`` into ``[B]``; accumulates in float32 at least (safe under AMP)."""
+class _SystemSum(torch.autograd.Function):
+    """``[N] -> [B]`` for contiguous systems of ``natoms [B]`` atoms: each system summed in
+    atom order by ``segment_reduce``, so the sum is bit-reproducible on every device
+    (``index_add`` on CUDA adds with atomics in whatever order threads arrive). The
+    backward is a gather written in torch ops, hence differentiable again (gradient
+    forces in training need the double backward, which ``segment_reduce`` lacks)."""
+
+    @staticmethod
+    def forward(ctx, per_atom: torch.Tensor, natoms: torch.Tensor, batch: torch.Tensor):  # noqa: ANN205
+        ctx.save_for_backward(batch)
+        return torch.segment_reduce(per_atom, "sum", lengths=natoms, unsafe=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN205
+        (batch,) = ctx.saved_tensors
+        return grad.index_select(0, batch), None, None
+
+
+def _sum_per_system(
+    per_atom: torch.Tensor, batch: torch.Tensor, natoms: torch.Tensor
+) -> torch.Tensor:
+    """Sum ``per_atom [N]`` into ``[B]`` over systems stored one after the other (``batch``
+    sorted, as fairchem collates; the input checks enforce it); accumulates in float32 at
+    least (safe under AMP)."""
     dtype = torch.promote_types(per_atom.dtype, torch.float32)
-    out = torch.zeros(num_systems, dtype=dtype, device=per_atom.device)
-    return out.index_add(0, batch, per_atom.to(dtype))
+    return _SystemSum.apply(per_atom.to(dtype), natoms.to(device=per_atom.device), batch)
 
 
 class eSCNEnergyHead(nn.Module, HeadInterface):
@@ -542,7 +563,7 @@ class eSCNEnergyHead(nn.Module, HeadInterface):
             emb["sphere_weights"],
             emb.get("node_block"),
         )  # [N]
-        energy = _sum_per_system(per_atom, data.batch, len(data.natoms))
+        energy = _sum_per_system(per_atom, data.batch, data.natoms)
         if self.reduce == "sum":
             return {"energy": energy * self.energy_scale}
         return {"energy": energy / data.natoms.to(energy.dtype)}

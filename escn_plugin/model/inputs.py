@@ -33,6 +33,7 @@ __all__ = [
     "MIN_DISTANCE",
     "RadiusGraphMixin",
     "check_atoms",
+    "check_batch_layout",
     "check_cells",
     "check_edges",
     "check_overlaps",
@@ -97,6 +98,25 @@ def _system_of(data, atom: int) -> int:
     return int(batch[atom]) if batch is not None else 0
 
 
+def check_batch_layout(batch: torch.Tensor, natoms: torch.Tensor) -> None:
+    """``batch [N]`` must list the systems' atoms one system after the other, ``natoms [B]``
+    of each (how fairchem collates): per-system sums read them as contiguous runs."""
+    if batch.shape[0] != int(natoms.sum()):
+        raise ValueError(
+            f"'batch' has {batch.shape[0]} entries but 'natoms' sums to {int(natoms.sum())}"
+        )
+    expected = torch.repeat_interleave(
+        torch.arange(len(natoms), device=batch.device), natoms.to(batch.device)
+    )
+    if not torch.equal(batch, expected):
+        atom = int((batch != expected).nonzero()[0])
+        raise ValueError(
+            f"atom {atom} has batch index {int(batch[atom])} where 'natoms' puts system "
+            f"{int(expected[atom])}: the atoms of each system must be stored together, in "
+            "system order (as fairchem's collater does)"
+        )
+
+
 def check_atoms(data, max_num_elements: int) -> None:
     """Atomic numbers in 1..max_num_elements-1, finite positions (within float32's
     resolution when stored in float32), at least one atom."""
@@ -114,6 +134,9 @@ def check_atoms(data, max_num_elements: int) -> None:
         )
     if pos.dim() != 2 or pos.shape[1] != 3:
         raise ValueError(f"positions must have shape [num_atoms, 3], got {tuple(pos.shape)}")
+    batch = getattr(data, "batch", None)
+    if natoms is not None and batch is not None:
+        check_batch_layout(batch, natoms)
     if numbers.shape[0] != pos.shape[0]:
         raise ValueError(
             f"atomic_numbers has {numbers.shape[0]} entries but there are {pos.shape[0]} atoms"
