@@ -108,6 +108,16 @@ def test_conservative_finetune(tmp_path, plugin_checkpoint, extxyz):
     fd = -(energies[0] - energies[1]) / (2 * h)
     assert abs(fd - forces[i, k]) <= 0.05 * np.abs(forces).max() + 1e-4, (fd, forces[i, k])
 
+    # the stock run-relaxations on the fine-tune's own config and checkpoint, no edits
+    config = yaml.safe_load((out / "config.yml").read_text())
+    relaxed = fairchem_runner.run_relaxations(
+        config, best, out / "data" / "test" / "data.lmdb", tmp_path / "relax", steps=3,
+        stream=False,
+    )  # fmt: skip
+    positions = np.load(relaxed["relaxed_positions"])
+    assert len(positions["ids"]) == report["data"]["counts"]["test"]
+    assert np.isfinite(np.concatenate(list(positions["pos"]))).all()
+
 
 def test_reference_escn_start(tmp_path, reference_checkpoint, extxyz):
     report = finetune(tmp_path / "ref", reference_checkpoint, extxyz)
