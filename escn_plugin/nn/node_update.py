@@ -81,6 +81,9 @@ class NodeUpdate(nn.Module):
             self.recompute
             and torch.is_grad_enabled()
             and (x.requires_grad or message.requires_grad)
+            # compiled layers (compile_layers): inductor plans what to keep itself, and
+            # torch 2.4's dynamo fails on a checkpoint inside a dynamic-shape graph
+            and not torch.compiler.is_compiling()
         ):
             return checkpoint(self._update, x, message, use_reentrant=False)
         return self._update(x, message)

@@ -7,7 +7,6 @@ stress head added to a trained energy/forces checkpoint by fine-tuning with
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -16,13 +15,16 @@ from ase import Atoms
 from fairchem.core.common.relaxation.ase_utils import OCPCalculator
 
 from escn_plugin.datasets.emt_stress import generate, read_lmdb
-from tests.helpers.fairchem_run import SMALL_MODEL, hydra_model, logged, only, run_fairchem
+from tests.helpers.fairchem_run import (
+    SMALL_MODEL,
+    STRESS_HEAD,
+    hydra_model,
+    logged,
+    only,
+    run_fairchem,
+    s2efs_config,
+)
 
-STRESS_HEAD = {
-    "module": "rank2_symmetric_head",
-    "output_name": "stress",
-    "use_source_target_embedding": True,
-}
 NUM_TRAIN, NUM_TEST = 8, 4
 
 
@@ -35,59 +37,6 @@ def data_root(tmp_path_factory):
         num_val=4,
         num_test=NUM_TEST,
     )
-
-
-def s2efs_config(root, model: dict, max_epochs: int, stress: bool = True) -> dict:
-    """An OCPTrainer S2EF(S) config on the generated data, normalised from its metadata."""
-    train = json.loads((root / "metadata.json").read_text())["train"]
-    normalizer = {
-        "energy": {"mean": train["energy"]["mean"], "rmsd": train["energy"]["std"]},
-        "forces": {"mean": 0.0, "rmsd": train["force_rms"]},
-        "stress": {"mean": 0.0, "rmsd": train["stress_rms"]},
-    }
-
-    def split(name: str) -> dict:
-        return {
-            "format": "lmdb",
-            "src": str(root / name),
-            "key_mapping": {"y": "energy", "force": "forces"},
-            "transforms": {"normalizer": normalizer},
-        }
-
-    outputs = {
-        "energy": {"level": "system"},
-        "forces": {"level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True},
-    }
-    losses = [
-        {"energy": {"fn": "mae", "coefficient": 1}},
-        {"forces": {"fn": "l2mae", "coefficient": 10}},
-    ]
-    metrics = {"energy": ["mae"], "forces": ["mae"]}
-    if stress:
-        outputs["stress"] = {"level": "system", "irrep_dim": 2}
-        losses.append({"stress": {"fn": "mae", "coefficient": 10}})
-        metrics["stress"] = ["mae"]
-    return {
-        "trainer": "ocp",
-        "logger": "tensorboard",
-        "outputs": outputs,
-        "loss_functions": losses,
-        "evaluation_metrics": {"metrics": metrics, "primary_metric": "forces_mae"},
-        "dataset": {"train": split("train"), "val": split("val"), "test": split("test")},
-        "model": model,
-        "optim": {
-            "batch_size": 2,
-            "eval_batch_size": 4,
-            "num_workers": 0,
-            "lr_initial": 0.005,
-            "optimizer": "AdamW",
-            "optimizer_params": {"amsgrad": True},
-            "scheduler": "Null",
-            "max_epochs": max_epochs,
-            "eval_every": 4,
-            "clip_grad_norm": 10,
-        },
-    }
 
 
 def s2efs_model() -> dict:

@@ -218,10 +218,8 @@ def test_eqv2_heads_cli_train_predict(tmp_path):
     """``fairchem --mode train`` (a few steps) then ``--mode predict`` from its checkpoint,
     with fairchem's EquiformerV2 energy and force heads on our backbone (generated EMT
     data): the loss is logged, the checkpoint holds the heads, the predictions are finite."""
-    from fairchem_run import SMALL_MODEL, logged, only, run_fairchem
-    from test_s2efs_e2e import s2efs_config
-
     from escn_plugin.datasets.emt_stress import generate
+    from tests.helpers.fairchem_run import SMALL_MODEL, logged, only, run_fairchem, s2efs_config
 
     root = generate(tmp_path / "data", seed=0, num_train=8, num_val=4, num_test=4)
     model = {
@@ -263,10 +261,15 @@ def test_eqv2_heads_finetune_onto_checkpoint(tmp_path):
     """fairchem's fine-tuning: eqV2 energy and force heads (sized through
     ``finetune_config.override``) replace our heads on a trained energy/forces
     checkpoint; with ``freeze_backbone`` its weights come out unchanged."""
-    from fairchem_run import SMALL_MODEL, hydra_model, logged, only, run_fairchem
-    from test_s2efs_e2e import s2efs_config
-
     from escn_plugin.datasets.emt_stress import generate
+    from tests.helpers.fairchem_run import (
+        SMALL_MODEL,
+        hydra_model,
+        logged,
+        only,
+        run_fairchem,
+        s2efs_config,
+    )
 
     root = generate(tmp_path / "data", seed=0, num_train=8, num_val=4, num_test=4)
     run_fairchem(

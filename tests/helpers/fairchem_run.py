@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +22,12 @@ SMALL_MODEL = dict(
     otf_graph=True,
     distance_resolution=0.1,
 )
+
+STRESS_HEAD = {
+    "module": "rank2_symmetric_head",
+    "output_name": "stress",
+    "use_source_target_embedding": True,
+}
 
 
 def s2ef_config(data_root: Path, model: dict, max_epochs: int = 4) -> dict:
@@ -70,3 +77,56 @@ def logged(log: str, key: str) -> list[float]:
 def only(paths: list[Path]) -> Path:
     assert len(paths) == 1, paths
     return paths[0]
+
+
+def s2efs_config(root, model: dict, max_epochs: int, stress: bool = True) -> dict:
+    """An OCPTrainer S2EF(S) config on the generated data, normalised from its metadata."""
+    train = json.loads((root / "metadata.json").read_text())["train"]
+    normalizer = {
+        "energy": {"mean": train["energy"]["mean"], "rmsd": train["energy"]["std"]},
+        "forces": {"mean": 0.0, "rmsd": train["force_rms"]},
+        "stress": {"mean": 0.0, "rmsd": train["stress_rms"]},
+    }
+
+    def split(name: str) -> dict:
+        return {
+            "format": "lmdb",
+            "src": str(root / name),
+            "key_mapping": {"y": "energy", "force": "forces"},
+            "transforms": {"normalizer": normalizer},
+        }
+
+    outputs = {
+        "energy": {"level": "system"},
+        "forces": {"level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True},
+    }
+    losses = [
+        {"energy": {"fn": "mae", "coefficient": 1}},
+        {"forces": {"fn": "l2mae", "coefficient": 10}},
+    ]
+    metrics = {"energy": ["mae"], "forces": ["mae"]}
+    if stress:
+        outputs["stress"] = {"level": "system", "irrep_dim": 2}
+        losses.append({"stress": {"fn": "mae", "coefficient": 10}})
+        metrics["stress"] = ["mae"]
+    return {
+        "trainer": "ocp",
+        "logger": "tensorboard",
+        "outputs": outputs,
+        "loss_functions": losses,
+        "evaluation_metrics": {"metrics": metrics, "primary_metric": "forces_mae"},
+        "dataset": {"train": split("train"), "val": split("val"), "test": split("test")},
+        "model": model,
+        "optim": {
+            "batch_size": 2,
+            "eval_batch_size": 4,
+            "num_workers": 0,
+            "lr_initial": 0.005,
+            "optimizer": "AdamW",
+            "optimizer_params": {"amsgrad": True},
+            "scheduler": "Null",
+            "max_epochs": max_epochs,
+            "eval_every": 4,
+            "clip_grad_norm": 10,
+        },
+    }
