@@ -1,5 +1,6 @@
 """Cached constants are real CPU float64 tensors whatever the context that first asks."""
 
+import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
@@ -35,9 +36,8 @@ def test_constant_first_built_under_meta_and_float32_is_real():
 
 def test_default_dtype_restores_on_error():
     before = torch.get_default_dtype()
-    try:
-        with default_dtype(torch.float16 if before != torch.float16 else torch.float64):
-            raise RuntimeError("inside")
-    except RuntimeError:
-        pass
+    inside = torch.float16 if before != torch.float16 else torch.float64
+    with pytest.raises(RuntimeError, match="inside"), default_dtype(inside):
+        assert torch.get_default_dtype() == inside
+        raise RuntimeError("inside")
     assert torch.get_default_dtype() == before
