@@ -101,10 +101,9 @@ def _system_of(data, atom: int) -> int:
 def check_batch_layout(batch: torch.Tensor, natoms: torch.Tensor) -> None:
     """``batch [N]`` must list the systems' atoms one system after the other, ``natoms [B]``
     of each (how fairchem collates): per-system sums read them as contiguous runs."""
-    if batch.shape[0] != int(natoms.sum()):
-        raise ValueError(
-            f"'batch' has {batch.shape[0]} entries but 'natoms' sums to {int(natoms.sum())}"
-        )
+    total = int(natoms.sum())
+    if batch.shape[0] != total:
+        raise ValueError(f"'batch' has {batch.shape[0]} entries but 'natoms' sums to {total}")
     expected = torch.repeat_interleave(
         torch.arange(len(natoms), device=batch.device), natoms.to(batch.device)
     )

@@ -55,10 +55,9 @@ class NodeUpdate(nn.Module):
         self.fc3 = nn.Linear(width, width, bias=False)
         self.act = nn.SiLU()
         self.blocks = grid.blocks  # [(res, start, stop)]: each resolution's coefficients
-        self.random_rotation = bool(random_rotation)
         self.recompute = bool(recompute)
         self.lmax_list = [round((b - a) ** 0.5) - 1 for _, a, b in self.blocks]
-        self.rotation = RandomLayoutRotation(self.lmax_list) if self.random_rotation else None
+        self.rotation = RandomLayoutRotation(self.lmax_list) if random_rotation else None
         # each coefficient belongs to one resolution: the grid maps summed over them
         self.register_buffer("to_matrix", grid.to_matrix_summed, persistent=False)  # [G, K]
         self.register_buffer("from_matrix", grid.from_matrix_summed, persistent=False)

@@ -231,21 +231,18 @@ def wigner_d(rot: torch.Tensor, lmax: int) -> torch.Tensor:
 
 
 def _layout_blocks(wigner: torch.Tensor, lmax_list: list[int]) -> torch.Tensor:
-    """``[(L+1)^2, (L+1)^2] -> [K, K]``: one leading block of ``wigner`` per resolution."""
+    """``D(R) [(L+1)^2, (L+1)^2]`` (L = max lmax) -> ``[K, K]`` for coefficients of several
+    resolutions one after the other (K = sum_i (lmax_i+1)^2): block-diagonal, block i the
+    leading ``(lmax_i+1)^2`` block of D(R), so ``D @ x`` rotates every resolution's sphere
+    function."""
     return torch.block_diag(*[wigner[: (lmax + 1) ** 2, : (lmax + 1) ** 2] for lmax in lmax_list])
 
 
-def layout_wigner(rot: torch.Tensor, lmax_list: list[int]) -> torch.Tensor:
-    """Wigner-D ``[K, K]`` of one rotation ``rot [3, 3]`` for coefficients of several
-    resolutions one after the other (K = sum_i (lmax_i+1)^2): block-diagonal, each block
-    ``wigner_d(rot, lmax_i)``, so ``D @ x`` rotates every resolution's sphere function."""
-    return _layout_blocks(wigner_d(rot, max(lmax_list)), lmax_list)
-
-
 class RandomLayoutRotation(torch.nn.Module):
-    """A uniformly random rotation per call and its :func:`layout_wigner`, made on the
-    device of the input (no host-to-device copy; the rotation comes from that device's
-    global generator, so a seeded run is reproducible on it).
+    """A uniformly random rotation per call and its layout Wigner-D (block-diagonal over the
+    resolutions of ``lmax_list``), both made on the device of the module's buffers, i.e. the
+    model's (no host-to-device copy; the rotation comes from that device's global
+    generator, so a seeded run is reproducible on it).
 
     ``forward(like [N, K, C]) -> (Q [3, 3] float64, D(Q) [K, K] in like's dtype)``.
     """
@@ -264,6 +261,6 @@ class RandomLayoutRotation(torch.nn.Module):
 def rotate_coefficients(
     wigner: torch.Tensor, x: torch.Tensor, inverse: bool = False
 ) -> torch.Tensor:
-    """``D x`` (``D^T x`` with ``inverse``) for ``wigner [K, K]`` (:func:`layout_wigner`)
+    """``D x`` (``D^T x`` with ``inverse``) for ``wigner [K, K]`` (:class:`RandomLayoutRotation`)
     and ``x [N, K, C]``: every node's sphere functions turned by one rotation."""
     return torch.einsum("kj,nkc->njc" if inverse else "jk,nkc->njc", wigner, x)
