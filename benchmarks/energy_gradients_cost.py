@@ -33,6 +33,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _memory import peak_live_tensors_mib  # noqa: E402  (benchmarks/, the script's folder)
+
 SIZES = {
     "L6-M2": dict(lmax_list=[6], mmax_list=[2], sphere_channels=128, hidden_channels=256),
     "small": dict(lmax_list=[2], mmax_list=[1], sphere_channels=32, hidden_channels=64),
@@ -95,22 +97,6 @@ def inference(model, batch):
         model(batch)
 
 
-def peak_tensor_mib(fn) -> float:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.events() if e.self_cpu_memory_usage != 0),
-        key=lambda e: e.time_range.start,
-    )
-    current = peak = 0
-    for e in events:
-        current += e.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak / 2**20
-
-
 def cuda_peak_mib(fn) -> float:
     """Peak CUDA memory of one call above what was allocated before it."""
     torch.cuda.synchronize()
@@ -157,7 +143,7 @@ def main(argv=None) -> dict:
             start = clock(args.device)
             fns[name]()
             samples[name].append(clock(args.device) - start)
-    peak = cuda_peak_mib if args.device.startswith("cuda") else peak_tensor_mib
+    peak = cuda_peak_mib if args.device.startswith("cuda") else peak_live_tensors_mib
     rows = {}
     for name, fn in fns.items():
         rows[name] = dict(cpu_s=statistics.median(samples[name]), peak_mib=peak(fn))
