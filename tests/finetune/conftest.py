@@ -21,6 +21,14 @@ TINY_MODEL = dict(SMALL_MODEL, cutoff=4.5, max_neighbors=30)
 START_NORMALIZERS = {"energy": {"mean": -1.5, "rmsd": 2.0}, "forces": {"mean": 0.0, "rmsd": 0.3}}
 
 
+def finetune_argv(out, checkpoint, data, *extra: str, epochs: int = 2) -> list[str]:
+    """The fine-tune command line the tests share (batches of 4), then ``extra``."""
+    return [
+        "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
+        "--epochs", str(epochs), "--batch-size", "4", *extra,
+    ]  # fmt: skip
+
+
 def emt_structures(n: int, seed: int = 0, slabs: bool = True) -> list:
     """``n`` EMT-labelled structures (energy, forces, stress): strained, rattled fcc cells
     of Cu/Pt/Au (4 atoms) and, every 4th with ``slabs``, 2x2x2 fcc(111) slabs (pbc all

@@ -6,6 +6,7 @@ models for a few steps): direct with a from-scratch comparison, conservative, a 
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,26 +20,13 @@ import yaml
 from escn_plugin.finetune import cli
 from escn_plugin.finetune.data import read_structures
 from escn_plugin.workflows import fairchem_runner
+from tests.finetune.conftest import finetune_argv
 
 pytestmark = pytest.mark.slow
 
 
 def finetune(out, checkpoint, data, *extra) -> dict:
-    argv = [
-        "--checkpoint",
-        str(checkpoint),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--nve-steps",
-        "20",
-        *extra,
-    ]
+    argv = finetune_argv(out, checkpoint, data, "--nve-steps", "20", *extra)
     assert cli.main(argv) == 0
     return json.loads((out / "report.json").read_text())
 
@@ -128,28 +116,23 @@ def test_reference_escn_start(tmp_path, reference_checkpoint, extxyz):
 def test_resume_an_interrupted_finetune(tmp_path, plugin_checkpoint, extxyz):
     out = tmp_path / "resume"
     argv = [
-        sys.executable,
-        "-m",
-        "escn_plugin.finetune",
-        "--checkpoint",
-        str(plugin_checkpoint),
-        "--data",
-        str(extxyz),
-        "--out",
-        str(out),
-        "--epochs",
-        "8",
-        "--batch-size",
-        "4",
-    ]
+        sys.executable, "-m", "escn_plugin.finetune",
+        *finetune_argv(out, plugin_checkpoint, extxyz, epochs=8),
+    ]  # fmt: skip
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     checkpoint = out / "checkpoints" / "finetune" / "checkpoint.pt"
+
+    def written() -> bool:  # fairchem writes in place: a file may exist half written
+        try:
+            return checkpoint.exists() and "step" in torch.load(checkpoint, weights_only=False)
+        except (EOFError, RuntimeError, pickle.UnpicklingError):
+            return False
+
     deadline = time.time() + 600
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    while not written() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # let the first write finish
     assert proc.poll() is None, "the run ended before it could be interrupted"
     import os
 

@@ -12,25 +12,12 @@ import torch
 import yaml
 
 from escn_plugin.finetune import cli, start
-from tests.finetune.conftest import START_NORMALIZERS
+from tests.finetune.conftest import START_NORMALIZERS, finetune_argv
 
 
 def prepare(out, checkpoint, data, *extra):
     args = cli.build_parser().parse_args(
-        [
-            "--checkpoint",
-            str(checkpoint),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--prepare-only",
-            *extra,
-        ]
+        finetune_argv(out, checkpoint, data, "--prepare-only", *extra)
     )
     return cli.run(args, stream=False), out
 

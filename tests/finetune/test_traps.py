@@ -11,25 +11,14 @@ import yaml
 
 from escn_plugin.finetune import cli
 from escn_plugin.finetune.data import read_structures
+from tests.finetune.conftest import finetune_argv
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, plugin_checkpoint, extxyz):
     out = tmp_path_factory.mktemp("prepared")
     args = cli.build_parser().parse_args(
-        [
-            "--checkpoint",
-            str(plugin_checkpoint),
-            "--data",
-            str(extxyz),
-            "--out",
-            str(out),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--prepare-only",
-        ]
+        finetune_argv(out, plugin_checkpoint, extxyz, "--prepare-only")
     )
     cli.run(args, stream=False)
     return out, yaml.safe_load((out / "config.yml").read_text())
